@@ -1,0 +1,46 @@
+# Two commands for a fresh machine: `make reproduce` and `make test` (see README).
+SHELL := /bin/bash
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= data/default
+export MPLBACKEND := Agg
+
+.PHONY: setup reproduce test sync-check nbtest pytest data clean
+
+# Create the virtual environment once and install the package with its dev extras.
+$(VENV)/.installed: settings.ini setup.py
+	test -x $(BIN)/python || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade --quiet pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# Main job on the bundled default data (CPU, minutes).
+reproduce: setup
+	test -f $(DATA)/manifest.json || $(BIN)/dbgan-make-data --out $(DATA)
+	$(BIN)/dbgan-eval --gopro $(DATA) --pred blur --csv runs/blurred_input.csv
+
+# Notebooks clean and exported (nbdev_clean / nbdev_export change nothing), then all tests.
+test: setup sync-check nbtest pytest
+
+sync-check: setup
+	@state() { { git status --porcelain -- nbs dbgan_nb; git diff -- nbs dbgan_nb; } | sha1sum; }; \
+	before=$$(state); \
+	$(BIN)/nbdev_clean; \
+	if [ "$$(state)" != "$$before" ]; then echo "nbdev_clean changed notebooks: run it and commit"; git status --short -- nbs; exit 1; fi; \
+	$(BIN)/nbdev_export; \
+	if [ "$$(state)" != "$$before" ]; then echo "nbdev_export changed dbgan_nb/: notebooks and library out of sync"; git status --short -- dbgan_nb; exit 1; fi; \
+	echo "notebooks clean and in sync"
+
+nbtest: setup
+	timeout 1200 $(BIN)/nbdev_test --timing
+
+pytest: setup
+	timeout 1200 $(BIN)/python -m pytest -q tests
+
+data: setup
+	$(BIN)/dbgan-make-data --out $(DATA)
+
+clean:
+	rm -rf runs build dist *.egg-info

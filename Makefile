@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data/default
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce test sync-check nbtest pytest data clean
+.PHONY: setup reproduce test sync-check nbtest pytest data bench clean
 
 # Create the virtual environment once and install the package with its dev extras.
 $(VENV)/.installed: settings.ini setup.py
@@ -34,10 +34,14 @@ sync-check: setup
 	echo "notebooks clean and in sync"
 
 nbtest: setup
-	timeout 1200 $(BIN)/nbdev_test --timing
+	OMP_NUM_THREADS=1 timeout 1200 $(BIN)/nbdev_test --timing
 
 pytest: setup
-	timeout 1200 $(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 timeout 1200 $(BIN)/python -m pytest -q tests
+
+# Performance table (figures/benchmarks.csv and .md); under 10 minutes on 2 CPU cores.
+bench: setup
+	$(BIN)/dbgan-bench
 
 data: setup
 	$(BIN)/dbgan-make-data --out $(DATA)

@@ -1,0 +1,66 @@
+"""Fast checks of the reproduction notebook's plumbing: parameter files, table layout, notebook discovery, CLI refusals."""
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from dbgan_nb.reproduce import (BLURRED_METHOD, PUBLISHED_GOPRO, TABLE_COLUMNS, build_table, default_notebook,
+                                notebook_parameters, reproduce_cli, table_markdown, table_row)
+
+REPO = Path(__file__).resolve().parent.parent
+NOTEBOOK = REPO / "nbs" / "10_reproduce_gopro.ipynb"
+
+
+@pytest.fixture(scope="module")
+def defaults() -> dict:
+    return notebook_parameters(NOTEBOOK)
+
+
+@pytest.mark.parametrize("name", ["quick.yaml", "paper.yaml"])
+def test_params_files_only_use_notebook_parameters(name, defaults):
+    params = yaml.safe_load((REPO / "params" / name).read_text())
+    assert isinstance(params, dict) and params
+    assert set(params) <= set(defaults), f"keys not in the parameters cell: {sorted(set(params) - set(defaults))}"
+    assert params["mode"] == name.split(".")[0]
+
+
+def test_quick_yaml_repeats_the_notebook_defaults(defaults):
+    assert yaml.safe_load((REPO / "params" / "quick.yaml").read_text()) == defaults
+
+
+def test_paper_yaml_has_the_paper_hyper_parameters():
+    p = yaml.safe_load((REPO / "params" / "paper.yaml").read_text())
+    # design.md section 1: 9 / 16 RDBs of 64 channels, batch 4, 128 px, lr 1e-4, alpha 0.005, beta 0.01, ImageNet VGG
+    assert (p["bgan_blocks"], p["dbgan_blocks"], p["nf"], p["batch"], p["patch"]) == (9, 16, 64, 4, 128)
+    assert (p["lr"], p["alpha"], p["beta"], p["blur_key"], p["perceptual_weights"]) == (1e-4, 0.005, 0.01, "blur", "imagenet")
+
+
+def test_table_puts_blurred_input_first_and_labels_published_rows():
+    s = pd.DataFrame({"psnr": [25.0, 26.0], "ssim2d": [0.7, 0.8], "ssim_matlab": [0.75, 0.85]})
+    ours = [table_row("DBGAN, kernel blur (naive)", "bundled", s + 0.0, 100, 0.1)]
+    t = build_table(table_row(BLURRED_METHOD, "bundled", s), ours)
+    assert list(t.columns) == TABLE_COLUMNS
+    assert t.method.tolist()[:2] == [BLURRED_METHOD, "DBGAN, kernel blur (naive)"]
+    assert np.isclose(t.psnr[0], 25.5)  # (25 + 26) / 2
+    published = t.iloc[2:]
+    assert len(published) == len(PUBLISHED_GOPRO)
+    assert (published.data == "published, GoPro test set (different data)").all()
+    assert published.ssim2d.isna().all() and published.ssim_published.notna().all()
+    assert "Protocol:" in table_markdown(t)
+    with pytest.raises(ValueError, match="first row must be the blurred input"):
+        build_table(ours[0], [])
+
+
+def test_default_notebook_is_found_in_a_source_checkout():
+    assert default_notebook() == NOTEBOOK
+
+
+def test_cli_refuses_unknown_parameter_before_running(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("mode: quick\ndbgan_iteratons: 3\n")
+    assert reproduce_cli(["-f", str(bad), "--out", str(tmp_path / "runs")]) == 2
+    assert "dbgan_iteratons" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+    assert reproduce_cli(["-f", str(tmp_path / "missing.yaml")]) == 2

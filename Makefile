@@ -16,10 +16,10 @@ $(VENV)/.installed: settings.ini setup.py
 
 setup: $(VENV)/.installed
 
-# Main job on the bundled default data (CPU, minutes).
+# Main job: the reproduction notebook in quick mode through papermill, on the bundled data (built on first
+# use), CPU, minutes. Writes runs/reproduce/reproduce_quick.ipynb and figures/, prints the table.
 reproduce: setup
-	test -f $(DATA)/manifest.json || $(BIN)/dbgan-make-data --out $(DATA)
-	$(BIN)/dbgan-eval --gopro $(DATA) --pred blur --csv runs/blurred_input.csv
+	$(BIN)/dbgan-reproduce -f params/quick.yaml
 
 # Notebooks clean and exported (nbdev_clean / nbdev_export change nothing), then all tests.
 test: setup sync-check nbtest pytest

@@ -28,6 +28,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from .losses import BGANLoss, DBGANLoss
+from torch.utils.flop_counter import FlopCounterMode
+
 from .models import (BGANGenerator, DBGANGenerator, ReleaseGenerator, VGGDiscriminator, count_macs,
                              set_dense_path)
 
@@ -35,8 +37,9 @@ from .models import (BGANGenerator, DBGANGenerator, ReleaseGenerator, VGGDiscrim
 __all__ = ['GENERATOR_CONFIGS', 'BASELINE', 'CHANNELS_LAST', 'OPTIMISED', 'TRAIN_CONFIGS', 'TABLE_COLUMNS', 'synchronize',
            'Timing', 'measure', 'compute_dtype', 'matmul_gflops', 'conv_gflops', 'build_generator', 'InferenceVariant',
            'inference_variants', 'prepare_forward', 'gflops', 'bench_inference', 'make_train_step', 'bench_train',
-           'skimage_ssim2d', 'skimage_ssim_matlab', 'test_pair', 'bench_metrics', 'tiled_probe', 'bench_tiled',
-           'environment', 'markdown_table', 'write_results', 'run_benchmarks', 'parse_bench_args', 'bench_cli']
+           'skimage_ssim2d', 'skimage_ssim_matlab', 'test_pair', 'bench_metrics', 'peak_rss_mb', 'tiled_probe',
+           'bench_tiled', 'environment', 'markdown_table', 'write_results', 'run_benchmarks', 'parse_bench_args',
+           'bench_cli']
 
 # %% ../nbs/20_benchmarks.ipynb #1797229e
 def synchronize(device: torch.device | str) -> None:
@@ -223,18 +226,21 @@ def make_train_step(kind: str, config: str, optimised: bool, patch: int = 128, b
 
 # %% ../nbs/20_benchmarks.ipynb #44bd2358
 def bench_train(kind: str, config: str, device: torch.device | str = "cpu", patch: int = 128, batch: int = 4,
-                repeats: int = 3, budget: float = 60.0) -> list[dict]:
+                repeats: int = 3, budget: float = 60.0, peak_gflops: float | None = None) -> list[dict]:
     "Median seconds per training step, eager NCHW baseline vs optimised; loss difference after the first step."
     rows, results = [], {}
     for optimised in (False, True):
         step, _ = make_train_step(kind, config, optimised, patch, batch, device)
-        first = step()  # the first step is the warm-up, and both variants take it from the same state
+        counter = FlopCounterMode(display=False)  # forward and backward FLOPs of every conv and matmul
+        with counter: first = step()  # the first step is the warm-up, and both variants take it from the same state
         timing = measure(step, device, repeats, budget)
         results[optimised] = (timing, first)
         base = results[False][0].median
+        rate = counter.get_total_flops() / timing.median / 1e9
         rows.append(dict(section="train step", config=f"{kind} {config}", shape=f"{batch}x3x{patch}x{patch}",
                          measured=f"{batch}x{patch}x{patch}", variant="optimised" if optimised else "eager NCHW (baseline)",
-                         seconds=timing.median, runs=len(timing.times), speedup=base / timing.median,
+                         seconds=timing.median, runs=len(timing.times), gmacs=counter.get_total_flops() / 2e9, gflops=rate,
+                         fraction_of_peak=rate / peak_gflops if peak_gflops else None, speedup=base / timing.median,
                          max_abs_diff=max(abs(first[k].item() - results[False][1][k].item()) for k in first)))
         del step
     return rows
@@ -290,13 +296,24 @@ class _FirstTilesOnly(nn.Module):
         start = time.perf_counter(); out = self.model(x); self.tile_seconds.append(time.perf_counter() - start)
         return out
 
+def peak_rss_mb() -> float:
+    "Peak resident memory of this process in MiB: VmHWM on Linux, else ru_maxrss."
+    # Linux carries ru_maxrss over from the parent across fork + exec, so a child started by a large benchmark process
+    # would report the parent's peak; VmHWM belongs to the child's own address space
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"): return int(line.split()[1]) / 1024
+    except OSError: pass
+    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+
 def tiled_probe(config: str, height: int, width: int, tile: int, overlap: int = 32, real_tiles: int = 3) -> dict:
     "Deblur a random height x width image in tiles (first real_tiles through the network); memory and time figures."
     from dbgan_nb.inference import deblur_image
     model = build_generator(config)
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     probe = _FirstTilesOnly(model, real_tiles)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before = peak_rss_mb()
     start = time.perf_counter()
     out = deblur_image(probe, image, tile=tile, overlap=overlap, device="cpu")
     seconds = time.perf_counter() - start
@@ -304,7 +321,7 @@ def tiled_probe(config: str, height: int, width: int, tile: int, overlap: int = 
     per_tile = statistics.median(probe.tile_seconds[1:] or probe.tile_seconds)  # the first tile is the warm-up
     return dict(tiles=probe.calls, real_tiles=len(probe.tile_seconds), seconds_run=seconds, seconds_per_tile=per_tile,
                 seconds_estimated=seconds - sum(probe.tile_seconds) + probe.calls * per_tile,
-                rss_before_mb=rss_before, peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+                rss_before_mb=rss_before, peak_rss_mb=peak_rss_mb())
 
 def bench_tiled(config: str = "paper", height: int = 3000, width: int = 4000, tile: int = 256,
                 real_tiles: int = 3, timeout: float = 600) -> list[dict]:
@@ -399,7 +416,7 @@ def run_benchmarks(quick: bool = False, device: torch.device | str | None = None
             for config in (["tiny"] if quick else ["small", "paper"]):
                 jobs.append((f"train {kind} {config}", lambda k=kind, c=config: bench_train(
                     k, c, device, patch=32 if quick else 128, batch=2 if quick else 4,
-                    repeats=1 if quick or c == "paper" else 3, budget=30.0)))
+                    repeats=1 if quick or c == "paper" else 3, budget=30.0, peak_gflops=peak)))
     if "metrics" in sections:
         jobs.append(("metrics", lambda: bench_metrics(*((48, 64) if quick else (720, 1280)), repeats=3)))
     if "tiled" in sections:

@@ -982,7 +982,7 @@ def train_cli(argv: Optional[list[str]] = None) -> int:
 SMALL_CONFIG = {
     "common": dict(n_blocks=2, nf=32, gc=16, d_nf=16, patch=64, batch=4, lr=1e-3, lr_min=1e-5, threads=1,
                    log_every=10, val_every=100, checkpoint_every=100, tensorboard=False),
-    "bgan": dict(iterations=200, perceptual_weights="random", perceptual_layer="conv2_2"),
+    "bgan": dict(iterations=300, perceptual_weights="random", perceptual_layer="conv2_2", loss_kind="bce", d_init_std=0.1),
     "dbgan": dict(iterations=1000, perceptual_weights=None, source="bgan", real_ratio=0.5),
 }
 

@@ -16,7 +16,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,6 +29,7 @@ from tqdm.auto import tqdm
 from .losses import BGANLoss, DBGANLoss
 from torch.utils.flop_counter import FlopCounterMode
 
+from .data import write_text_atomic
 from .models import (BGANGenerator, DBGANGenerator, ReleaseGenerator, VGGDiscriminator, count_macs,
                              set_dense_path)
 
@@ -363,20 +363,13 @@ def markdown_table(df: pd.DataFrame, columns: Sequence[str] = TABLE_COLUMNS) -> 
     lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in df[columns].itertuples(index=False)]
     return "\n".join(lines)
 
-def _write_atomic(path: Path, text: str) -> None:
-    "Write text to a temporary file beside path, then rename it over path."
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=f".{path.name}.", delete=False) as f:
-        f.write(text)
-    os.replace(f.name, path)
-
 def write_results(df: pd.DataFrame, env: dict, out_dir: str | Path) -> tuple[Path, Path]:
     "Write benchmarks.csv (all columns) and benchmarks.md (environment + table), each atomically."
     out_dir = Path(out_dir)
     csv_path, md_path = out_dir / "benchmarks.csv", out_dir / "benchmarks.md"
-    _write_atomic(csv_path, df.to_csv(index=False))
+    write_text_atomic(csv_path, df.to_csv(index=False))
     header = ", ".join(f"{k} {v}" for k, v in env.items())
-    _write_atomic(md_path, f"# Benchmarks\n\nRun: {header}.\n\n{markdown_table(df)}\n")
+    write_text_atomic(md_path, f"# Benchmarks\n\nRun: {header}.\n\n{markdown_table(df)}\n")
     return csv_path, md_path
 
 # %% ../nbs/20_benchmarks.ipynb #cda119aa

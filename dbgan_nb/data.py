@@ -26,8 +26,8 @@ from tqdm import tqdm
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'GAMMA', 'DEFAULT_EXTENT', 'DEFAULT_PHOTOS', 'DATASET_SCALES', 'SUBFRAME_CHOICES', 'MANIFEST_FORMAT',
-           'read_image', 'write_image', 'Pair', 'find_gopro_pairs', 'dihedral', 'crop_and_augment', 'to_tensor',
-           'epoch_seed', 'PairedDataset', 'UnpairedDataset', 'GoProBlur', 'gopro_margin', 'camera_path',
+           'read_image', 'write_image', 'write_text_atomic', 'Pair', 'find_gopro_pairs', 'dihedral', 'crop_and_augment',
+           'to_tensor', 'epoch_seed', 'PairedDataset', 'UnpairedDataset', 'GoProBlur', 'gopro_margin', 'camera_path',
            'render_subframes', 'average_subframes', 'synthesize_gopro_blur', 'boracchi_foi_trajectory',
            'splat_trajectory', 'trajectory_kernel', 'apply_kernel', 'bundled_photo', 'skimage_version',
            'build_default_dataset', 'default_data_dir', 'ensure_default_dataset', 'make_data_cli']
@@ -90,6 +90,20 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
         os.replace(tmp, path)
     finally:
         if tmp.exists(): tmp.unlink()
+
+# %% ../nbs/00_data.ipynb #6c4cdc63
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    "Write `text` to a temporary file beside `path` (flushed to disk), then rename it over `path`; returns the path."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text); f.flush(); os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): tmp.unlink()
+    return path
 
 # %% ../nbs/00_data.ipynb #a044514c
 class Pair(NamedTuple):

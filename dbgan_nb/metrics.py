@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import os
 import sys
-import uuid
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from .data import IMAGE_SUFFIXES, Pair, find_gopro_pairs, read_image
+from .data import IMAGE_SUFFIXES, Pair, find_gopro_pairs, read_image, write_text_atomic
 
 # %% auto #0
 __all__ = ['PEAK', 'SSIM_WINDOW', 'SSIM_SIGMA', 'SSIM_K1', 'SSIM_K2', 'PROTOCOL', 'METRIC_COLUMNS', 'quantize', 'as_levels',
@@ -358,15 +357,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, dev
 # %% ../nbs/01_metrics.ipynb #e56f0790
 def write_csv_atomic(table: pd.DataFrame, path: str | os.PathLike) -> Path:
     "Write `table` as CSV to a temporary file in the target folder, then rename it into place."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
+    return write_text_atomic(path, table.to_csv(index=False))
 
 
 def summary_line(table: pd.DataFrame, label: str) -> str:

@@ -10,7 +10,6 @@ import ast
 import json
 import os
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,17 +23,17 @@ import torch.nn as nn
 import yaml
 from tqdm.auto import tqdm
 
-from .data import Pair, find_gopro_pairs, read_image, synthesize_gopro_blur, trajectory_kernel
+from .data import Pair, find_gopro_pairs, read_image, synthesize_gopro_blur, trajectory_kernel, write_text_atomic
 from .inference import deblur_image
-from .metrics import PROTOCOL, image_metrics
+from .metrics import PROTOCOL, evaluate_pairs, image_metrics
 from .models import count_parameters
 
 # %% auto #0
 __all__ = ['PUBLISHED_GOPRO', 'TABLE_COLUMNS', 'BLURRED_METHOD', 'TABLE_DIGITS', 'NOTEBOOK_NAME', 'find_repo_root',
-           'resolve_under', 'evaluate_blurred', 'evaluate_model', 'published_label', 'table_row', 'build_table',
-           'table_markdown', 'write_text_atomic', 'write_table', 'save_figure', 'detailed_crop', 'qualitative_figure',
-           'bgan_samples', 'bgan_samples_figure', 'training_curves_figure', 'point_grid', 'synthesiser_figure',
-           'notebook_parameters', 'check_parameter_keys', 'default_notebook', 'reproduce_parameters', 'reproduce_cli']
+           'resolve_under', 'evaluate_model', 'published_label', 'table_row', 'build_table', 'table_markdown',
+           'write_table', 'save_figure', 'detailed_crop', 'qualitative_figure', 'bgan_samples', 'bgan_samples_figure',
+           'training_curves_figure', 'point_grid', 'synthesiser_figure', 'notebook_parameters', 'check_parameter_keys',
+           'default_notebook', 'reproduce_parameters', 'reproduce_cli']
 
 # %% ../nbs/10_reproduce_gopro.ipynb #01f148e8
 def find_repo_root(start: str | os.PathLike | None = None) -> Path | None:
@@ -52,12 +51,6 @@ def resolve_under(path: str | os.PathLike, root: str | os.PathLike) -> Path:
     return path if path.is_absolute() else Path(root) / path
 
 # %% ../nbs/10_reproduce_gopro.ipynb #8df2fac3
-def evaluate_blurred(pairs: Sequence[Pair]) -> pd.DataFrame:
-    "Per-image metrics of the blurred inputs themselves against the sharp frames."
-    rows = [{"name": p.name, **image_metrics(read_image(p.blur), read_image(p.sharp))}
-            for p in tqdm(pairs, desc="blurred input", unit="img")]
-    return pd.DataFrame(rows)
-
 def evaluate_model(model: nn.Module, pairs: Sequence[Pair], device: torch.device | str = "cpu",
                    tile: int | None = None, keep: Sequence[str] = (), desc: str = "model") -> tuple[pd.DataFrame, float, dict]:
     "(per-image metrics, seconds per image of the forward pass, {name: restored image} for names in `keep`)."
@@ -120,18 +113,6 @@ def table_markdown(table: pd.DataFrame, protocol: str = PROTOCOL, caption: str =
     for _, row in table.iterrows():
         lines.append("| " + " | ".join(_cell(row[c], TABLE_DIGITS.get(c, 2)) for c in table.columns) + " |")
     return "\n".join(lines) + "\n\n" + (caption + "\n\n" if caption else "") + f"Protocol: {protocol}\n"
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    "Write `text` to a temporary file beside `path`, then rename it over `path`."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
 
 def write_table(table: pd.DataFrame, folder: str | os.PathLike, stem: str = "gopro_table",
                 protocol: str = PROTOCOL, caption: str = "") -> tuple[Path, Path]:

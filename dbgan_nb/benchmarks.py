@@ -31,7 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .data import write_text_atomic
 from .models import (BGANGenerator, DBGANGenerator, ReleaseGenerator, VGGDiscriminator, count_macs,
-                             set_dense_path)
+                             native_bf16, set_dense_path)
 
 # %% auto #0
 __all__ = ['GENERATOR_CONFIGS', 'BASELINE', 'CHANNELS_LAST', 'OPTIMISED', 'TRAIN_CONFIGS', 'TABLE_COLUMNS', 'synchronize',
@@ -184,7 +184,7 @@ def _fused_adam_supported(device: torch.device) -> bool:
     return device.type == "cuda" or (major, minor) >= (2, 4)
 
 def make_train_step(kind: str, config: str, optimised: bool, patch: int = 128, batch: int = 4,
-                    device: torch.device | str = "cpu", seed: int = 0) -> tuple[Callable[[], dict], nn.Module]:
+                    device: torch.device | str = "cpu", seed: int = 0, bf16: bool | None = None) -> tuple[Callable[[], dict], nn.Module]:
     "A closure running one BGAN or DBGAN training step (G then D) on fixed random data; also returns G."
     if kind not in ("bgan", "dbgan"): raise ValueError(f"kind must be 'bgan' or 'dbgan', got {kind!r}")
     if config not in TRAIN_CONFIGS: raise ValueError(f"unknown config {config!r}; expected one of {sorted(TRAIN_CONFIGS)}")
@@ -203,7 +203,8 @@ def make_train_step(kind: str, config: str, optimised: bool, patch: int = 128, b
     z = torch.randn(batch, 4, generator=data).to(device)
     # BGAN: sharp -> fake blur, judged against real blur. DBGAN: blur -> restored, judged against sharp.
     source, real = (sharp, blur) if kind == "bgan" else (blur, sharp)
-    autocast = (lambda: torch.autocast("cuda", torch.bfloat16)) if optimised and device.type == "cuda" else contextlib.nullcontext
+    if bf16 is None: bf16 = optimised and device.type == "cuda"  # the trainers' default: bf16 autocast on CUDA only
+    autocast = (lambda: torch.autocast(device.type, torch.bfloat16)) if bf16 else contextlib.nullcontext
 
     def step() -> dict:
         D.requires_grad_(False)
@@ -227,21 +228,23 @@ def make_train_step(kind: str, config: str, optimised: bool, patch: int = 128, b
 # %% ../nbs/20_benchmarks.ipynb #44bd2358
 def bench_train(kind: str, config: str, device: torch.device | str = "cpu", patch: int = 128, batch: int = 4,
                 repeats: int = 3, budget: float = 60.0, peak_gflops: float | None = None) -> list[dict]:
-    "Median seconds per training step, eager NCHW baseline vs optimised; loss difference after the first step."
+    "Median seconds per training step, eager NCHW baseline vs optimised (and + bf16 autocast on a CPU with native bf16)."
     rows, results = [], {}
-    for optimised in (False, True):
-        step, _ = make_train_step(kind, config, optimised, patch, batch, device)
+    variants = [("eager NCHW (baseline)", False, None), ("optimised", True, None)]
+    if torch.device(device).type == "cpu" and native_bf16(device): variants.append(("optimised + bf16 autocast", True, True))
+    for name, optimised, bf16 in variants:
+        step, _ = make_train_step(kind, config, optimised, patch, batch, device, bf16=bf16)
         counter = FlopCounterMode(display=False)  # forward and backward FLOPs of every conv and matmul
         with counter: first = step()  # the first step is the warm-up, and both variants take it from the same state
         timing = measure(step, device, repeats, budget)
-        results[optimised] = (timing, first)
-        base = results[False][0].median
+        results[name] = (timing, first)
+        base, base_losses = results[variants[0][0]]
         rate = counter.get_total_flops() / timing.median / 1e9
         rows.append(dict(section="train step", config=f"{kind} {config}", shape=f"{batch}x3x{patch}x{patch}",
-                         measured=f"{batch}x{patch}x{patch}", variant="optimised" if optimised else "eager NCHW (baseline)",
+                         measured=f"{batch}x{patch}x{patch}", variant=name,
                          seconds=timing.median, runs=len(timing.times), gmacs=counter.get_total_flops() / 2e9, gflops=rate,
-                         fraction_of_peak=rate / peak_gflops if peak_gflops else None, speedup=base / timing.median,
-                         max_abs_diff=max(abs(first[k].item() - results[False][1][k].item()) for k in first)))
+                         fraction_of_peak=rate / peak_gflops if peak_gflops else None, speedup=base.median / timing.median,
+                         max_abs_diff=max(abs(first[k].item() - base_losses[k].item()) for k in first)))
         del step
     return rows
 
@@ -269,14 +272,19 @@ def test_pair(height: int = 720, width: int = 1280, seed: int = 0) -> tuple[np.n
     return pred.round().astype(np.uint8), gt.round().astype(np.uint8)
 
 def bench_metrics(height: int = 720, width: int = 1280, repeats: int = 3) -> list[dict]:
-    "Seconds per pair of our ssim2d / ssim_matlab vs scikit-image, speed-up and value difference."
+    "Seconds per pair of our ssim2d / ssim_matlab (eager and compiled strips) vs scikit-image, speed-up, value difference."
     from dbgan_nb.metrics import ssim2d, ssim_matlab
     pred, gt = test_pair(height, width)
     rows = []
     for name, ours, theirs in [("ssim2d", ssim2d, skimage_ssim2d), ("ssim_matlab", ssim_matlab, skimage_ssim_matlab)]:
-        t_ours, t_ref = measure(lambda: ours(pred, gt), "cpu", repeats), measure(lambda: theirs(pred, gt), "cpu", repeats)
-        value, reference = float(ours(pred, gt)), float(theirs(pred, gt))
-        for variant, timing in [("scikit-image (reference)", t_ref), ("dbgan_nb.metrics (torch)", t_ours)]:
+        t_ref = measure(lambda: theirs(pred, gt), "cpu", repeats)
+        reference = float(theirs(pred, gt))
+        variants = [("scikit-image (reference)", t_ref, reference)]
+        for compiled in (False, True):
+            timing = measure(lambda: ours(pred, gt, compiled=compiled), "cpu", 3 * repeats)  # warm-up compiles; ~25 ms/run
+            strips = f"compiled strips, first call {timing.warmup:.1f} s" if compiled else "eager strips"
+            variants.append((f"dbgan_nb.metrics (torch, {strips})", timing, float(ours(pred, gt, compiled=compiled))))
+        for variant, timing, value in variants:
             rows.append(dict(section="metrics", config=name, shape=f"{height}x{width}", measured=f"{height}x{width}",
                              variant=variant, seconds=timing.median, runs=len(timing.times),
                              speedup=t_ref.median / timing.median, max_abs_diff=abs(value - reference), value=value))

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import sys
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,10 +26,11 @@ from tqdm import tqdm
 from .data import IMAGE_SUFFIXES, Pair, find_gopro_pairs, read_image, write_text_atomic
 
 # %% auto #0
-__all__ = ['PEAK', 'SSIM_WINDOW', 'SSIM_SIGMA', 'SSIM_K1', 'SSIM_K2', 'PROTOCOL', 'METRIC_COLUMNS', 'quantize', 'as_levels',
-           'psnr', 'gaussian_taps', 'Workspace', 'gaussian_filter_valid', 'ssim2d', 'channel_mixing_matrix',
-           'ssim_matlab', 'torch_threads', 'image_metrics', 'match_predictions', 'default_device', 'evaluate_files',
-           'evaluate_pairs', 'evaluate_folders', 'write_csv_atomic', 'summary_line', 'eval_cli']
+__all__ = ['PEAK', 'SSIM_WINDOW', 'SSIM_SIGMA', 'SSIM_K1', 'SSIM_K2', 'COMPILED_STRIP_ROWS', 'MAX_COMPILED_SHAPES', 'PROTOCOL',
+           'METRIC_COLUMNS', 'COMPILE_MIN_PIXELS', 'quantize', 'as_levels', 'psnr', 'gaussian_taps', 'Workspace',
+           'gaussian_filter_valid', 'ssim2d', 'channel_mixing_matrix', 'ssim_matlab', 'torch_threads', 'image_metrics',
+           'compile_pays_off', 'match_predictions', 'default_device', 'evaluate_files', 'evaluate_pairs',
+           'evaluate_folders', 'write_csv_atomic', 'summary_line', 'eval_cli']
 
 # %% ../nbs/01_metrics.ipynb #91ce89f4
 PEAK = 255.0  # data range L of 8-bit images
@@ -143,11 +146,12 @@ def _moment_maps(x: torch.Tensor, y: torch.Tensor, workspace: Workspace) -> torc
     return maps
 
 
-def _ssim_map(moments: torch.Tensor, workspace: Workspace) -> torch.Tensor:
+def _ssim_map(moments: torch.Tensor, workspace: Workspace | None = None) -> torch.Tensor:
     "SSIM map from the filtered moment maps (w*x, w*y, w*(x^2+y^2), w*(xy)); overwrites `moments`."
     mean_x, mean_y, mean_sum_sq, mean_product = moments  # in-place below: one pass per operation, no temporaries
     c1, c2 = (SSIM_K1 * PEAK) ** 2, (SSIM_K2 * PEAK) ** 2
-    mean_x_mean_y = torch.mul(mean_x, mean_y, out=workspace.get("product", mean_x.shape))  # mu_x mu_y
+    product = workspace.get("product", mean_x.shape) if workspace is not None else None
+    mean_x_mean_y = torch.mul(mean_x, mean_y, out=product)  # mu_x mu_y
     mean_sq = mean_x.square_().addcmul_(mean_y, mean_y)  # mu_x^2 + mu_y^2
     covariance_term = mean_product.sub_(mean_x_mean_y).mul_(2).add_(c2)  # 2 sigma_xy + C2
     variance_term = mean_sum_sq.sub_(mean_sq).add_(c2)  # sigma_x^2 + sigma_y^2 + C2
@@ -155,8 +159,11 @@ def _ssim_map(moments: torch.Tensor, workspace: Workspace) -> torch.Tensor:
     return numerator.div_(mean_sq.add_(c1).mul_(variance_term))
 
 # %% ../nbs/01_metrics.ipynb #3fef231f
-def _mean_valid_ssim(x: torch.Tensor, y: torch.Tensor, mixing: torch.Tensor | None = None) -> torch.Tensor:
+def _mean_valid_ssim(x: torch.Tensor, y: torch.Tensor, mixing: torch.Tensor | None = None, compiled: bool = False) -> torch.Tensor:
     "Mean SSIM map (valid Gaussian filtering, then `mixing` across channels if given) of uint8-level Bx3xHxW pairs."
+    if compiled:  # the fused strips of "Compiled strips" below, where they apply; same values
+        value = _try_compiled(x, y, mixing)
+        if value is not None: return value
     batch, channels, height, width = x.shape
     margin = SSIM_WINDOW - 1
     rows, workspace = _strip_rows(x.shape, x.device), Workspace(_compute_dtype(x.device), x.device)
@@ -173,13 +180,13 @@ def _mean_valid_ssim(x: torch.Tensor, y: torch.Tensor, mixing: torch.Tensor | No
     return total / (channels * (height - margin) * (width - margin))
 
 
-def ssim2d(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> float | torch.Tensor:
+def ssim2d(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, compiled: bool = False) -> float | torch.Tensor:
     "Wang et al. SSIM per channel (11x11 Gaussian, sigma 1.5, K=(0.01, 0.03)), mean of channels; = skimage's."
     x, y, from_numpy = as_levels(pred, gt)
     height, width = x.shape[-2:]
     if height < SSIM_WINDOW or width < SSIM_WINDOW:
         raise ValueError(f"ssim2d needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got {height}x{width}")
-    return _per_image(_mean_valid_ssim(x.contiguous(), y.contiguous()), from_numpy)  # uint8 copy: numpy arrives channels-last
+    return _per_image(_mean_valid_ssim(x.contiguous(), y.contiguous(), compiled=compiled), from_numpy)  # uint8 copy: numpy arrives channels-last
 
 # %% ../nbs/01_metrics.ipynb #b79ff88f
 def channel_mixing_matrix(channels: int = 3, taps: Sequence[float] | None = None) -> torch.Tensor:
@@ -192,12 +199,72 @@ def channel_mixing_matrix(channels: int = 3, taps: Sequence[float] | None = None
     return mixing
 
 
-def ssim_matlab(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) -> float | torch.Tensor:
+def ssim_matlab(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor, compiled: bool = False) -> float | torch.Tensor:
     "MATLAB ssim() on an RGB array: one 11x11x11 Gaussian window (sigma 1.5) over HxWxC, replicate padding, full mean."
     x, y, from_numpy = as_levels(pred, gt)
     radius, mixing = SSIM_WINDOW // 2, channel_mixing_matrix(x.shape[1])
     pad = lambda images: F.pad(images, (radius,) * 4, mode="replicate")
-    return _per_image(_mean_valid_ssim(pad(x), pad(y), mixing), from_numpy)
+    return _per_image(_mean_valid_ssim(pad(x), pad(y), mixing, compiled), from_numpy)
+
+# %% ../nbs/01_metrics.ipynb #09fc4380
+COMPILED_STRIP_ROWS = 24  # output rows per compiled strip: fixed, so that the row count is a constant of the kernels
+MAX_COMPILED_SHAPES = 6  # dynamo compiles a function for at most 8 shapes; batches of further shapes run eagerly
+_compiled_shapes: set[tuple] = set()  # (batch, channels, mixed) compiled in this process (any width)
+_compile_failure: list[str] = []  # the first compilation error of this process, if any
+
+
+def _strip_columns(x: torch.Tensor, y: torch.Tensor, out: torch.Tensor, taps: tuple[float, ...],
+                   mixing_rows: tuple[tuple[float, ...], ...] | None) -> None:
+    "Column pass of one strip's four moment maps (channel-mixed first if `mixing_rows`), written into `out`."
+    maps = torch.stack((x, y, x * x + y * y, x * y))
+    if mixing_rows is not None:  # weighted sums of channel slices fuse into the loop; a 3x3 matmul would not
+        maps = torch.stack([sum(w * maps[:, :, c] for c, w in enumerate(row)) for row in mixing_rows], dim=2)
+    out.copy_(_correlate_valid(maps, taps, -2))
+
+
+def _strip_rows_ssim(columns: torch.Tensor, taps: tuple[float, ...]) -> torch.Tensor:
+    "Row pass and SSIM map of one strip, summed over channels: 4xBxCxRxW -> BxRx(W-10)."
+    return _ssim_map(_correlate_valid(columns, taps, -1)).sum(dim=-3)
+
+
+@functools.cache
+def _compiled_passes() -> tuple:
+    "The two strip passes, compiled lazily (on the first call); the callers mark the width dynamic."
+    return torch.compile(_strip_columns), torch.compile(_strip_rows_ssim)
+
+
+def _mean_valid_ssim_compiled(x: torch.Tensor, y: torch.Tensor, mixing: torch.Tensor | None = None) -> torch.Tensor:
+    "As `_mean_valid_ssim` on CPU tensors, with both passes compiled; strips of COMPILED_STRIP_ROWS output rows."
+    batch, channels, height, width = x.shape
+    margin, rows, taps = SSIM_WINDOW - 1, COMPILED_STRIP_ROWS, tuple(gaussian_taps())
+    columns_pass, rows_pass = _compiled_passes()
+    mixing_rows = None if mixing is None else tuple(map(tuple, mixing.tolist()))
+    strip_x = torch.zeros(batch, channels, rows + margin, width, dtype=torch.float64)
+    strip_y = torch.zeros_like(strip_x)
+    columns = torch.empty(4, batch, channels, rows, width, dtype=torch.float64)
+    for buffer in (strip_x, strip_y, columns): torch._dynamo.mark_dynamic(buffer, buffer.ndim - 1)  # one kernel, any width
+    total = torch.zeros(batch, dtype=torch.float64)
+    for top in range(0, height - margin, rows):
+        n = min(rows + margin, height - top)  # input rows of this strip: fewer in the last one
+        if n < rows + margin: strip_x.zero_(); strip_y.zero_()  # rows past the image are zeros, and not counted
+        strip_x[:, :, :n].copy_(x[:, :, top:top + n]); strip_y[:, :, :n].copy_(y[:, :, top:top + n])
+        columns_pass(strip_x, strip_y, columns, taps, mixing_rows)
+        total += rows_pass(columns, taps)[:, :n - margin].sum(dim=(-2, -1), dtype=torch.float64)
+    return total / (channels * (height - margin) * (width - margin))
+
+
+def _try_compiled(x: torch.Tensor, y: torch.Tensor, mixing: torch.Tensor | None) -> torch.Tensor | None:
+    "The compiled mean SSIM, or None where it does not apply (not CPU, too many shapes) or compilation failed."
+    shape = (*x.shape[:2], mixing is not None)
+    if x.device.type != "cpu" or _compile_failure: return None
+    if shape not in _compiled_shapes and len(_compiled_shapes) >= MAX_COMPILED_SHAPES: return None
+    try: value = _mean_valid_ssim_compiled(x, y, mixing)
+    except Exception as error:  # no C++ compiler, an unsupported platform: the eager strips give the same values
+        _compile_failure.append(f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}")
+        warnings.warn(f"compiled SSIM unavailable, using the eager strips: {_compile_failure[0]}", RuntimeWarning, stacklevel=2)
+        return None
+    _compiled_shapes.add(shape)
+    return value
 
 # %% ../nbs/01_metrics.ipynb #58fb270d
 @contextlib.contextmanager
@@ -215,11 +282,20 @@ PROTOCOL = ("PSNR/SSIM on RGB uint8 (outputs clamped to [0,1] and rounded), peak
 METRIC_COLUMNS = ("psnr", "ssim2d", "ssim_matlab")
 
 
-def image_metrics(pred: np.ndarray, gt: np.ndarray, device: torch.device | str = "cpu") -> dict[str, float]:
-    "PSNR, ssim2d and ssim_matlab of one uint8 HxWx3 pair, computed on `device`."
+COMPILE_MIN_PIXELS = 200_000_000  # ~220 frames of 1280x720: where compiling the SSIM passes (once, ~15 s) pays off
+
+
+def image_metrics(pred: np.ndarray, gt: np.ndarray, device: torch.device | str = "cpu", compiled: bool = False) -> dict[str, float]:
+    "PSNR, ssim2d and ssim_matlab of one uint8 HxWx3 pair, computed on `device` (compiled SSIM strips if asked)."
     x, y, _ = as_levels(pred, gt)
     x, y = x.to(device), y.to(device)
-    return {name: float(metric(x, y)[0]) for name, metric in zip(METRIC_COLUMNS, (psnr, ssim2d, ssim_matlab))}
+    return {"psnr": float(psnr(x, y)[0]), "ssim2d": float(ssim2d(x, y, compiled)[0]),
+            "ssim_matlab": float(ssim_matlab(x, y, compiled)[0])}
+
+
+def compile_pays_off(pixels: int, device: torch.device | str) -> bool:
+    "Whether scoring `pixels` ground-truth pixels on `device` is worth compiling the SSIM passes (CPU, large jobs)."
+    return torch.device(device).type == "cpu" and pixels >= COMPILE_MIN_PIXELS
 
 # %% ../nbs/01_metrics.ipynb #c26ffb4e
 def _image_files(folder: Path) -> list[str]:
@@ -285,14 +361,15 @@ def _header_size(path: Path) -> tuple[int, int] | None:
     except Exception: return None
 
 
-def _size_mismatches(items: Sequence[tuple[str, Path, Path]]) -> list[str]:
-    "Names whose prediction and ground truth differ in size, with both sizes."
-    bad = []
+def _size_mismatches(items: Sequence[tuple[str, Path, Path]]) -> tuple[list[str], int]:
+    "Names whose prediction and ground truth differ in size, with both sizes; and the ground truths' total pixels."
+    bad, pixels = [], 0
     for name, pred_path, gt_path in items:
         pred_size, gt_size = _header_size(pred_path), _header_size(gt_path)
         if pred_size and gt_size and pred_size != gt_size:
             bad.append(f"{name} (prediction {pred_size[1]}x{pred_size[0]}, ground truth {gt_size[1]}x{gt_size[0]})")
-    return bad
+        if gt_size: pixels += gt_size[0] * gt_size[1]
+    return bad, pixels
 
 
 def _read_pair(name: str, pred_path: Path, gt_path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -310,38 +387,39 @@ def default_device() -> torch.device:
 
 
 def evaluate_files(items: Sequence[tuple[str, str | os.PathLike, str | os.PathLike]], device: torch.device | str | None = None,
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = True, compiled: bool | None = None) -> pd.DataFrame:
     "Score (name, prediction file, ground-truth file) triples -> DataFrame(name, psnr, ssim2d, ssim_matlab)."
     items = [(name, Path(p), Path(g)) for name, p, g in items]
     if not items: raise ValueError("nothing to evaluate: no images")
-    mismatched = _size_mismatches(items)
+    mismatched, pixels = _size_mismatches(items)
     if mismatched: raise ValueError(f"predictions that differ in size from their ground truth ({len(mismatched)}): {_list_names(mismatched)}")
     device = torch.device(device) if device is not None else default_device()
+    if compiled is None: compiled = compile_pays_off(pixels, device)
     rows, failures = [], []
     with ThreadPoolExecutor(max_workers=1) as reader:  # decode the next pair while this one is scored
         pending = reader.submit(_read_pair, *items[0])
         for index, (name, _, _) in enumerate(tqdm(items, desc="evaluating", unit="image", disable=not progress)):
             current = pending
             if index + 1 < len(items): pending = reader.submit(_read_pair, *items[index + 1])
-            try: rows.append({"name": name, **image_metrics(*current.result(), device)})
+            try: rows.append({"name": name, **image_metrics(*current.result(), device, compiled)})
             except (OSError, ValueError) as error: failures.append(str(error))
     if failures: raise ValueError(f"images that could not be evaluated ({len(failures)} of {len(items)}):\n  " + "\n  ".join(failures))
     return pd.DataFrame(rows, columns=["name", *METRIC_COLUMNS])
 
 
 def evaluate_pairs(pairs: Sequence[Pair], pred_dir: str | os.PathLike | None = "blur", device: torch.device | str | None = None,
-                   progress: bool = True) -> pd.DataFrame:
+                   progress: bool = True, compiled: bool | None = None) -> pd.DataFrame:
     "Score predictions in `pred_dir` (or the blurred inputs: pred_dir='blur' or None) against the pairs' sharp images."
     if pred_dir is None or (isinstance(pred_dir, str) and pred_dir == "blur"):
         items = [(p.name, p.blur, p.sharp) for p in pairs]
     else:
         matched = match_predictions([p.name for p in pairs], pred_dir)
         items = [(p.name, matched[p.name], p.sharp) for p in pairs]
-    return evaluate_files(items, device=device, progress=progress)
+    return evaluate_files(items, device=device, progress=progress, compiled=compiled)
 
 
 def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, device: torch.device | str | None = None,
-                     progress: bool = True) -> pd.DataFrame:
+                     progress: bool = True, compiled: bool | None = None) -> pd.DataFrame:
     "Score every image under `gt_dir` against its prediction in `pred_dir` (matched as in match_predictions)."
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir(): raise FileNotFoundError(f"ground-truth folder not found: {gt_dir}")
@@ -352,7 +430,8 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, dev
     clashes = [" and ".join(v) for v in clashes.values() if len(v) > 1]
     if clashes: raise ValueError(f"ground-truth images that differ only in suffix cannot be matched: {_list_names(clashes)}")
     matched = match_predictions(names, pred_dir)
-    return evaluate_files([(name, matched[name], gt_dir / name) for name in names], device=device, progress=progress)
+    return evaluate_files([(name, matched[name], gt_dir / name) for name in names], device=device, progress=progress,
+                          compiled=compiled)
 
 # %% ../nbs/01_metrics.ipynb #e56f0790
 def write_csv_atomic(table: pd.DataFrame, path: str | os.PathLike) -> Path:
@@ -381,6 +460,9 @@ def _parse_eval_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--csv", help="write per-image results (name, psnr, ssim2d, ssim_matlab) to this file")
     parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
     parser.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads for the metrics (default 1; 0: PyTorch's default)")
+    parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile the SSIM passes (default: on the CPU when there are at least "
+                             f"{COMPILE_MIN_PIXELS // 10**6} megapixels to score)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.threads < 0: parser.error("--threads must be >= 0")
@@ -397,11 +479,11 @@ def eval_cli(argv: Sequence[str] | None = None) -> int:
         with torch_threads(args.threads or None):
             if args.gopro is not None:
                 pairs = find_gopro_pairs(args.gopro, split=args.split, blur_key=args.blur_key)
-                table = evaluate_pairs(pairs, args.pred, device=device, progress=not args.quiet)
+                table = evaluate_pairs(pairs, args.pred, device=device, progress=not args.quiet, compiled=args.compiled)
                 what = f"blurred input ({args.blur_key})" if args.pred == "blur" else args.pred
                 label = f"{args.gopro} {args.split}, {what}"
             else:
-                table = evaluate_folders(args.pred, args.gt, device=device, progress=not args.quiet)
+                table = evaluate_folders(args.pred, args.gt, device=device, progress=not args.quiet, compiled=args.compiled)
                 label = f"{args.pred} vs {args.gt}"
         if args.csv: write_csv_atomic(table, args.csv)
     except (OSError, ValueError) as error:

@@ -21,7 +21,7 @@ from torch.utils.flop_counter import FlopCounterMode
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'GENERATORS', 'conv3x3', 'RDB', 'set_dense_path', 'RRDB', 'clamp_straight_through',
            'ResidualDenseGenerator', 'DBGANGenerator', 'BGANGenerator', 'ReleaseTrunk', 'ReleaseGenerator',
-           'VGGDiscriminator', 'init_normal_', 'count_parameters', 'count_macs', 'generator_checkpoint',
+           'VGGDiscriminator', 'init_normal_', 'count_parameters', 'count_macs', 'native_bf16', 'generator_checkpoint',
            'UnsafeCheckpointError', 'load_generator']
 
 # %% ../nbs/02_models.ipynb #8701b463
@@ -231,6 +231,15 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         meta_model(torch.empty(shape, device="meta"))
     return counter.get_total_flops() // 2
+
+# %% ../nbs/02_models.ipynb #46c5972e
+def native_bf16(device: torch.device | str) -> bool:
+    "Whether `device` computes bf16 natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX."
+    device = torch.device(device)
+    if device.type == "cuda": return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type != "cpu": return False
+    probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(probe() for probe in probes if probe is not None)  # private probes: absent means unknown, so no
 
 # %% ../nbs/02_models.ipynb #91431b97
 CHECKPOINT_FORMAT = "dbgan-nb/generator"

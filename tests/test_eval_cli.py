@@ -11,6 +11,7 @@ from PIL import Image
 from scipy import ndimage
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
+from dbgan_nb import metrics
 from dbgan_nb.metrics import PROTOCOL, eval_cli
 
 NAMES = ["SEQ_A/000001.png", "SEQ_A/000002.png", "SEQ_B/000001.png"]  # 000001 exists in both sequences
@@ -241,3 +242,16 @@ def test_console_script_exit_codes(gopro, tmp_path):
                         capture_output=True, text=True, timeout=120)
     assert ok.returncode == 0, ok.stderr
     assert "3 images | PSNR" in ok.stdout
+
+
+@pytest.mark.parametrize("flag", ["--compiled", "--no-compiled"])
+def test_compiled_flag_gives_the_reference_values(gopro, tmp_path, capsys, flag):
+    "Both SSIM paths (torch.compile'd strips and eager strips) match scikit-image / scipy on the same tree."
+    root, images = gopro
+    pred = save_predictions(tmp_path / "restored", images)
+    csv = tmp_path / "restored.csv"
+    code, out, err = run(["--gopro", root, "--pred", pred, "--csv", csv, "--quiet", flag], capsys)
+    assert code == 0, err
+    if flag == "--compiled":  # the compiled path really ran: no recorded failure, and the shape is compiled
+        assert not metrics._compile_failure and (1, 3, True) in metrics._compiled_shapes, metrics._compile_failure
+    check_csv(csv, {n: reference_metrics(images[n]["restored"], images[n]["sharp"]) for n in NAMES})

@@ -260,7 +260,8 @@ def _try_compiled(x: torch.Tensor, y: torch.Tensor, mixing: torch.Tensor | None)
     if shape not in _compiled_shapes and len(_compiled_shapes) >= MAX_COMPILED_SHAPES: return None
     try: value = _mean_valid_ssim_compiled(x, y, mixing)
     except Exception as error:  # no C++ compiler, an unsupported platform: the eager strips give the same values
-        _compile_failure.append(f"{type(error).__name__}: {str(error).strip().splitlines()[0][:300] if str(error).strip() else ''}")
+        first_line = (str(error).strip().splitlines() or [""])[0][:300]  # Inductor errors carry pages of build log
+        _compile_failure.append(f"{type(error).__name__}: {first_line}")
         warnings.warn(f"compiled SSIM unavailable, using the eager strips: {_compile_failure[0]}", RuntimeWarning, stacklevel=2)
         return None
     _compiled_shapes.add(shape)

@@ -234,9 +234,9 @@ def count_macs(model: nn.Module, input_shape: tuple[int, ...]) -> int:
 
 # %% ../nbs/02_models.ipynb #46c5972e
 def native_bf16(device: torch.device | str) -> bool:
-    "Whether `device` computes bf16 natively: a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX."
+    "Whether `device` computes bf16 natively: a CUDA GPU of compute capability 8+ (Ampere on), a CPU with AVX512-BF16 or AMX."
     device = torch.device(device)
-    if device.type == "cuda": return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device.type == "cuda": return torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] >= 8
     if device.type != "cpu": return False
     probes = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     return any(probe() for probe in probes if probe is not None)  # private probes: absent means unknown, so no

@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 DATA ?= data/default
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce test sync-check nbtest pytest data bench clean
+.PHONY: setup reproduce test sync-check nbtest pytest data bench gpu-check docs clean
 
 # Create the virtual environment once and install the package with its dev extras.
 $(VENV)/.installed: settings.ini setup.py
 	test -x $(BIN)/python || python3 -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade --quiet pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,export]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -42,6 +42,11 @@ pytest: setup
 # Performance table (figures/benchmarks.csv and .md); under 10 minutes on 2 CPU cores.
 bench: setup
 	$(BIN)/dbgan-bench
+
+# On a GPU machine, straight from a checkout (no install, no papermill or nbdev): figures/gpu_check.{json,md}.
+GPU_PYTHON ?= python3
+gpu-check:
+	PYTHONPATH=. $(GPU_PYTHON) -c "import sys; from dbgan_nb.gpu_check import gpu_check_cli; sys.exit(gpu_check_cli())"
 
 data: setup
 	$(BIN)/dbgan-make-data --out $(DATA)

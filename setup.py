@@ -26,7 +26,7 @@ setuptools.setup(
     package_data={cfg["lib_name"]: ["*.json", "nbs/*.ipynb", "params/*.yaml"]},
     python_requires=">=" + cfg["min_python"],
     install_requires=cfg.get("requirements", "").split(),
-    extras_require={"dev": cfg.get("dev_requirements", "").split()},
+    extras_require={"dev": cfg.get("dev_requirements", "").split(), "export": cfg.get("export_requirements", "").split()},
     entry_points={
         "console_scripts": cfg.get("console_scripts", "").split(),
         "nbdev": [f"{cfg['lib_name']}={cfg['lib_name']}._modidx:d"],

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -29,17 +28,18 @@ from tqdm.auto import tqdm
 from .losses import BGANLoss, DBGANLoss
 from torch.utils.flop_counter import FlopCounterMode
 
-from .data import write_text_atomic
 from .models import (BGANGenerator, DBGANGenerator, ReleaseGenerator, VGGDiscriminator, count_macs,
                              native_bf16, set_dense_path)
+from .utils import (EXIT_USAGE, add_device_option, add_quiet_option, device_from_args, markdown_table, peak_memory_mb,
+                            report_error,
+                            pick_device, write_csv_atomic, write_text_atomic)
 
 # %% auto #0
 __all__ = ['GENERATOR_CONFIGS', 'BASELINE', 'CHANNELS_LAST', 'OPTIMISED', 'TRAIN_CONFIGS', 'TABLE_COLUMNS', 'synchronize',
            'Timing', 'measure', 'compute_dtype', 'matmul_gflops', 'conv_gflops', 'build_generator', 'InferenceVariant',
            'inference_variants', 'prepare_forward', 'gflops', 'bench_inference', 'make_train_step', 'bench_train',
-           'skimage_ssim2d', 'skimage_ssim_matlab', 'test_pair', 'bench_metrics', 'peak_rss_mb', 'tiled_probe',
-           'bench_tiled', 'environment', 'markdown_table', 'write_results', 'run_benchmarks', 'parse_bench_args',
-           'bench_cli']
+           'skimage_ssim2d', 'skimage_ssim_matlab', 'test_pair', 'bench_metrics', 'tiled_probe', 'bench_tiled',
+           'environment', 'write_results', 'run_benchmarks', 'parse_bench_args', 'bench_cli']
 
 # %% ../nbs/20_benchmarks.ipynb #1797229e
 def synchronize(device: torch.device | str) -> None:
@@ -304,24 +304,13 @@ class _FirstTilesOnly(nn.Module):
         start = time.perf_counter(); out = self.model(x); self.tile_seconds.append(time.perf_counter() - start)
         return out
 
-def peak_rss_mb() -> float:
-    "Peak resident memory of this process in MiB: VmHWM on Linux, else ru_maxrss."
-    # Linux carries ru_maxrss over from the parent across fork + exec, so a child started by a large benchmark process
-    # would report the parent's peak; VmHWM belongs to the child's own address space
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"): return int(line.split()[1]) / 1024
-    except OSError: pass
-    scale = 1024 * 1024 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
-
 def tiled_probe(config: str, height: int, width: int, tile: int, overlap: int = 32, real_tiles: int = 3) -> dict:
     "Deblur a random height x width image in tiles (first real_tiles through the network); memory and time figures."
     from dbgan_nb.inference import deblur_image
     model = build_generator(config)
     image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     probe = _FirstTilesOnly(model, real_tiles)
-    rss_before = peak_rss_mb()
+    rss_before = peak_memory_mb()
     start = time.perf_counter()
     out = deblur_image(probe, image, tile=tile, overlap=overlap, device="cpu")
     seconds = time.perf_counter() - start
@@ -329,11 +318,11 @@ def tiled_probe(config: str, height: int, width: int, tile: int, overlap: int = 
     per_tile = statistics.median(probe.tile_seconds[1:] or probe.tile_seconds)  # the first tile is the warm-up
     return dict(tiles=probe.calls, real_tiles=len(probe.tile_seconds), seconds_run=seconds, seconds_per_tile=per_tile,
                 seconds_estimated=seconds - sum(probe.tile_seconds) + probe.calls * per_tile,
-                rss_before_mb=rss_before, peak_rss_mb=peak_rss_mb())
+                rss_before_mb=rss_before, peak_rss_mb=peak_memory_mb())
 
 def bench_tiled(config: str = "paper", height: int = 3000, width: int = 4000, tile: int = 256,
                 real_tiles: int = 3, timeout: float = 600) -> list[dict]:
-    "Run tiled_probe in a fresh process (so ru_maxrss is its own peak) and return one table row."
+    "Run tiled_probe in a fresh process (so the peak memory is its own) and return one table row."
     code = ("import json, sys; from dbgan_nb.benchmarks import tiled_probe; "
             f"print(json.dumps(tiled_probe({config!r}, {height}, {width}, {tile}, real_tiles={real_tiles})))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout)
@@ -358,34 +347,19 @@ def environment() -> dict:
 TABLE_COLUMNS = ["section", "config", "shape", "measured", "variant", "seconds", "gflops", "fraction_of_peak",
                  "speedup", "max_abs_diff", "ideal_seconds", "peak_rss_mb"]
 
-def _cell(value) -> str:
-    "A compact string for one markdown table cell."
-    if value is None or (isinstance(value, float) and np.isnan(value)): return ""
-    if isinstance(value, float): return f"{value:.3g}" if abs(value) < 1e4 else f"{value:.0f}"
-    return str(value)
-
-def markdown_table(df: pd.DataFrame, columns: Sequence[str] = TABLE_COLUMNS) -> str:
-    "A GitHub markdown table of the given columns (those present)."
-    columns = [c for c in columns if c in df.columns]
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in df[columns].itertuples(index=False)]
-    return "\n".join(lines)
-
 def write_results(df: pd.DataFrame, env: dict, out_dir: str | Path) -> tuple[Path, Path]:
-    "Write benchmarks.csv (all columns) and benchmarks.md (environment + table), each atomically."
-    out_dir = Path(out_dir)
-    csv_path, md_path = out_dir / "benchmarks.csv", out_dir / "benchmarks.md"
-    write_text_atomic(csv_path, df.to_csv(index=False))
-    header = ", ".join(f"{k} {v}" for k, v in env.items())
-    write_text_atomic(md_path, f"# Benchmarks\n\nRun: {header}.\n\n{markdown_table(df)}\n")
-    return csv_path, md_path
+    "Write benchmarks.csv (all columns) and benchmarks.md (environment + the table's main columns), each atomically."
+    header = "# Benchmarks\n\nRun: " + ", ".join(f"{k} {v}" for k, v in env.items()) + "."
+    table = markdown_table(df[[c for c in TABLE_COLUMNS if c in df.columns]], default_digits=".3g")
+    md_path = write_text_atomic(Path(out_dir) / "benchmarks.md", f"{header}\n\n{table}")
+    return write_csv_atomic(df, Path(out_dir) / "benchmarks.csv"), md_path
 
 # %% ../nbs/20_benchmarks.ipynb #cda119aa
 def run_benchmarks(quick: bool = False, device: torch.device | str | None = None, compile: bool = False,
                    sections: Sequence[str] = ("peak", "inference", "train", "metrics", "tiled"),
                    progress: bool = True) -> tuple[pd.DataFrame, dict]:
     "Run the benchmark sections; returns (table, environment)."
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(device)
     if device.type == "cuda": torch.backends.cudnn.benchmark = True
     env = environment() | dict(device=str(device), quick=quick)
     print("  ".join(f"{k}={v}" for k, v in env.items()))
@@ -436,18 +410,23 @@ def parse_bench_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="figures", help="folder for benchmarks.csv and benchmarks.md (default: figures)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test in seconds, not a benchmark")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the optimised generator")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    add_device_option(p)
     p.add_argument("--sections", nargs="+", default=["peak", "inference", "train", "metrics", "tiled"],
                    choices=["peak", "inference", "train", "metrics", "tiled"], help="which sections to run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    return p.parse_args(argv)
+    add_quiet_option(p)
+    args = p.parse_args(argv)
+    args.device = device_from_args(p, args.device)
+    return args
 
 def bench_cli(argv: Sequence[str] | None = None) -> int:
     "Console script `dbgan-bench`: run the benchmark and write the tables."
     args = parse_bench_args(argv)
+    try: Path(args.out).mkdir(parents=True, exist_ok=True)  # before minutes of measuring, not after
+    except OSError as error: return report_error("dbgan-bench", f"cannot write to --out {args.out}: {error}", EXIT_USAGE)
     if args.threads: torch.set_num_threads(args.threads)
-    table, env = run_benchmarks(args.quick, args.device, args.compile, args.sections)
+    table, env = run_benchmarks(args.quick, args.device, args.compile, args.sections, progress=not args.quiet)
     csv_path, md_path = write_results(table, env, args.out)
-    print(markdown_table(table))
+    print(markdown_table(table[[c for c in TABLE_COLUMNS if c in table.columns]], default_digits=".3g"))
     print(f"wrote {csv_path} and {md_path}")
     return 0

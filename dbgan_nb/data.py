@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import math
 import os
@@ -24,33 +23,46 @@ from PIL import Image
 from scipy import ndimage, signal
 from tqdm import tqdm
 
+from .utils import EXIT_USAGE, add_quiet_option, report_error, sha256_file, write_atomically, write_text_atomic
+
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'GAMMA', 'DEFAULT_EXTENT', 'DEFAULT_PHOTOS', 'DATASET_SCALES', 'SUBFRAME_CHOICES', 'MANIFEST_FORMAT',
-           'read_image', 'write_image', 'write_text_atomic', 'Pair', 'find_gopro_pairs', 'dihedral', 'crop_and_augment',
-           'to_tensor', 'epoch_seed', 'PairedDataset', 'UnpairedDataset', 'GoProBlur', 'gopro_margin', 'camera_path',
-           'render_subframes', 'average_subframes', 'synthesize_gopro_blur', 'boracchi_foi_trajectory',
-           'splat_trajectory', 'trajectory_kernel', 'apply_kernel', 'bundled_photo', 'skimage_version',
-           'build_default_dataset', 'default_data_dir', 'ensure_default_dataset', 'make_data_cli']
+__all__ = ['IMAGE_SUFFIXES', 'REALBLUR_LISTS', 'GAMMA', 'DEFAULT_EXTENT', 'DEFAULT_PHOTOS', 'DATASET_SCALES', 'SUBFRAME_CHOICES',
+           'MANIFEST_FORMAT', 'as_rgb_uint8', 'read_image', 'write_image', 'image_to_tensor', 'to_levels',
+           'quantize_8bit', 'tensor_to_image', 'Pair', 'list_images', 'find_gopro_pairs', 'find_hide_pairs',
+           'find_realblur_pairs', 'dihedral', 'crop_and_augment', 'epoch_seed', 'PairedDataset', 'UnpairedDataset',
+           'GoProBlur', 'gopro_margin', 'camera_path', 'render_subframes', 'average_subframes', 'synthesize_gopro_blur',
+           'boracchi_foi_trajectory', 'splat_trajectory', 'trajectory_kernel', 'apply_kernel', 'power_law_radii',
+           'dead_leaves_image', 'DeadLeaves', 'bundled_photo', 'skimage_version', 'build_default_dataset',
+           'default_data_dir', 'ensure_default_dataset', 'make_data_cli']
 
 # %% ../nbs/00_data.ipynb #7532be8d
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 
+def as_rgb_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
+    "A uint8 HxW or HxWxC image (C = 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA) as contiguous HxWx3 RGB; other dtypes refused."
+    if not isinstance(image, np.ndarray): raise TypeError(f"{name} must be a numpy array, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8 with values 0-255, got dtype {image.dtype}; convert it first "
+                         "(e.g. skimage.util.img_as_ubyte)")
+    if image.ndim == 2: image = image[:, :, None]
+    if image.ndim != 3 or not 1 <= image.shape[2] <= 4 or min(image.shape[:2]) < 1:
+        raise ValueError(f"{name} must be HxW or HxWxC with C = 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA), "
+                         f"got shape {image.shape}")
+    if image.shape[2] <= 2: image = np.repeat(image[:, :, :1], 3, axis=2)  # gray (+ alpha): repeat the gray
+    return np.ascontiguousarray(image[:, :, :3])  # alpha dropped, not composited
+
+
 def _to_rgb8(array: np.ndarray, path: Path) -> np.ndarray:
     "Canonical uint8 HxWx3 from a decoded array of any common depth and channel count."
-    if array.ndim == 3 and array.shape[-1] == 1: array = array[..., 0]
-    if array.ndim == 2: array = np.repeat(array[..., None], 3, axis=-1)
-    if array.ndim != 3 or array.shape[-1] not in (2, 3, 4):
-        raise ValueError(f"{path}: unsupported image shape {array.shape} (expected HxW, HxWx3 or HxWx4)")
-    if array.shape[-1] == 2: array = np.repeat(array[..., :1], 3, axis=-1)  # gray + alpha
-    array = array[..., :3]  # drop alpha
-    if array.dtype == np.uint8: return np.ascontiguousarray(array)
-    if array.dtype == bool: return array.astype(np.uint8) * 255
-    if array.dtype in (np.uint16, np.int32, np.uint32, np.int64):  # Pillow opens 16-bit gray PNGs as int32 "I"
-        return np.round(np.clip(array, 0, 65535) / 257.0).astype(np.uint8)
-    if np.issubdtype(array.dtype, np.floating):  # float TIFFs: values in [0, 1]
-        return np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
-    raise ValueError(f"{path}: unsupported pixel type {array.dtype}")
+    if array.dtype == bool: array = array.astype(np.uint8) * 255
+    elif array.dtype in (np.uint16, np.int32, np.uint32, np.int64):  # Pillow opens 16-bit gray PNGs as int32 "I"
+        array = np.round(np.clip(array, 0, 65535) / 257.0).astype(np.uint8)
+    elif np.issubdtype(array.dtype, np.floating):  # float TIFFs: values in [0, 1]
+        array = np.round(np.clip(array, 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif array.dtype != np.uint8: raise ValueError(f"{path}: unsupported pixel type {array.dtype}")
+    try: return as_rgb_uint8(array, str(path))
+    except ValueError as error: raise ValueError(f"{path}: unsupported image shape {array.shape} ({error})") from None
 
 
 def _decode(path: Path) -> np.ndarray:
@@ -81,29 +93,35 @@ def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
         raise ValueError(f"{path}: write_image expects HxW or HxWx3, got shape {image.shape}")
     fmt = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}.get(path.suffix.lower())
     if fmt is None: raise ValueError(f"{path}: unknown image suffix {path.suffix!r}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        # Pillow's PNG writer stores no time stamp, so the same pixels give the same bytes
-        options = {"PNG": {"compress_level": 3}, "JPEG": {"quality": 95}}.get(fmt, {})  # level 3: 3x faster than 6, 6% larger
-        Image.fromarray(image).save(tmp, format=fmt, **options)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
+    # Pillow's PNG writer stores no time stamp, so the same pixels give the same bytes
+    options = {"PNG": {"compress_level": 3}, "JPEG": {"quality": 95}}.get(fmt, {})  # level 3: 3x faster than 6, 6% larger
+    write_atomically(path, lambda f: Image.fromarray(image).save(f, format=fmt, **options))
 
 # %% ../nbs/00_data.ipynb #6c4cdc63
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    "Write `text` to a temporary file beside `path` (flushed to disk), then rename it over `path`; returns the path."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-    return path
+def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
+    "uint8 HxWx3 -> float32 3xHxW in [0, 1] on `device` (converted there: a quarter of the bytes cross the bus)."
+    image = np.ascontiguousarray(image)
+    if not image.flags.writeable: image = image.copy()  # torch.from_numpy warns about read-only arrays (PIL's asarray)
+    return torch.from_numpy(image).to(device).permute(2, 0, 1).float().div_(255.0)
+
+
+def to_levels(images: torch.Tensor) -> torch.Tensor:
+    "Float images in [0, 1] -> uint8 levels (clamped, x255, rounded half to even); uint8 tensors pass through."
+    if images.dtype == torch.uint8: return images
+    if not images.is_floating_point(): raise ValueError(f"expected float images in [0, 1] or uint8 levels, got {images.dtype}")
+    return images.clamp(0, 1).mul_(255.0).round_().to(torch.uint8)  # one copy (clamp), then in place
+
+
+def quantize_8bit(images: torch.Tensor) -> torch.Tensor:
+    "Float images rounded to the 256 levels of an 8-bit file, back in [0, 1] (same dtype)."
+    return to_levels(images).to(images.dtype) / 255.0
+
+
+def tensor_to_image(x: torch.Tensor) -> np.ndarray:
+    "Float 3xHxW (or 1x3xHxW) in [0, 1] -> uint8 HxWx3 on the CPU, rounded as `to_levels`."
+    if x.ndim == 4 and x.shape[0] == 1: x = x[0]
+    if x.ndim != 3 or x.shape[0] != 3: raise ValueError(f"expected a 3xHxW or 1x3xHxW image tensor, got shape {tuple(x.shape)}")
+    return np.ascontiguousarray(to_levels(x.detach().float()).permute(1, 2, 0).cpu().numpy())
 
 # %% ../nbs/00_data.ipynb #a044514c
 class Pair(NamedTuple):
@@ -114,14 +132,21 @@ class Pair(NamedTuple):
     sequence: str
 
 
-def _image_files(folder: Path) -> dict[str, Path]:
-    "Images under `folder` (recursive), keyed by relative path without suffix."
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    "Image files under `folder` (recursive, sorted by relative path); hidden files and folders are skipped."
+    folder = Path(folder)
+    found = [p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+             and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(found, key=lambda p: p.relative_to(folder).as_posix())
+
+
+def _images_by_stem(folder: Path) -> dict[str, Path]:
+    "Images under `folder` keyed by relative path without suffix; ValueError if two differ only in suffix."
     files = {}
-    for p in sorted(folder.rglob("*")):
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith("."):
-            key = p.relative_to(folder).with_suffix("").as_posix()
-            if key in files: raise ValueError(f"two images with the same name in {folder}: {files[key].name} and {p.name}")
-            files[key] = p
+    for p in list_images(folder):
+        key = p.relative_to(folder).with_suffix("").as_posix()
+        if key in files: raise ValueError(f"two images with the same name in {folder}: {files[key].name} and {p.name}")
+        files[key] = p
     return files
 
 
@@ -142,7 +167,7 @@ def _flat_sequence(key: str) -> str:
 
 def _match(blur_dir: Path, sharp_dir: Path) -> list[tuple[Path, Path, str]]:
     "(blur, sharp, key) matched by relative path; ValueError listing the unpaired files."
-    blurs, sharps = _image_files(blur_dir), _image_files(sharp_dir)
+    blurs, sharps = _images_by_stem(blur_dir), _images_by_stem(sharp_dir)
     only_blur, only_sharp = set(blurs) - set(sharps), set(sharps) - set(blurs)
     if only_blur or only_sharp:
         msg = [f"unpaired images between {blur_dir} and {sharp_dir}:"]
@@ -214,6 +239,57 @@ def find_gopro_pairs(root: str | os.PathLike, split: str = "test", blur_key: str
     if check_sizes: _check_sizes(pairs)
     return pairs
 
+# %% ../nbs/00_data.ipynb #3e265939
+REALBLUR_LISTS = {"J": "RealBlur_J_test_list.txt", "R": "RealBlur_R_test_list.txt"}
+
+
+def _flat_pairs(root: Path) -> list[Pair]:
+    "Pairs of a folder holding input/ (blurred) and target/ (sharp), matched by relative path."
+    return [Pair(b, s, s.relative_to(root / "target").as_posix(), _flat_sequence(k)) for b, s, k in _match(root / "input", root / "target")]
+
+
+def find_hide_pairs(root: str | os.PathLike, check_sizes: bool = True) -> list[Pair]:
+    "HIDE test pairs: the native layout (test/test-close-ups, test/test-long-shot, GT/) or a flat input/ + target/ folder."
+    root = Path(root)
+    if not root.is_dir(): raise FileNotFoundError(f"HIDE root not found: {root}")
+    if (root / "input").is_dir() and (root / "target").is_dir(): pairs = _flat_pairs(root)
+    else:
+        parts = [root / "test" / "test-close-ups", root / "test" / "test-long-shot"]
+        if not (root / "GT").is_dir() or not all(p.is_dir() for p in parts):
+            raise FileNotFoundError(f"{root}: no HIDE layout found (expected test/test-close-ups/, test/test-long-shot/ and GT/, "
+                                    "or input/ + target/)")
+        sharp = _images_by_stem(root / "GT")
+        blurs = {k: (v, part.name) for part in parts for k, v in _images_by_stem(part).items()}
+        unpaired = [f"{part}/{blurs[k][0].name}" for k in sorted(set(blurs) - set(sharp)) for part in [blurs[k][1]]]
+        unpaired += [f"GT/{sharp[k].name}" for k in sorted(set(sharp) - set(blurs))]
+        if unpaired: raise ValueError(f"unpaired HIDE images in {root}: {len(unpaired)}, " + _list_some(unpaired))
+        pairs = [Pair(blurs[k][0], sharp[k], sharp[k].name, blurs[k][1]) for k in sorted(sharp)]
+    if not pairs: raise ValueError(f"no image pairs in {root}")
+    if check_sizes: _check_sizes(pairs)
+    return pairs
+
+
+def find_realblur_pairs(root: str | os.PathLike, subset: str = "J", check_sizes: bool = True) -> list[Pair]:
+    "RealBlur-J or -R test pairs: the authors' scene folders selected by their test list, or a flat input/ + target/ folder."
+    root, subset = Path(root), str(subset).upper()
+    if subset not in REALBLUR_LISTS: raise ValueError(f"RealBlur subset must be 'J' or 'R', got {subset!r}")
+    if not root.is_dir(): raise FileNotFoundError(f"RealBlur root not found: {root}")
+    if (root / "input").is_dir() and (root / "target").is_dir(): pairs = _flat_pairs(root)
+    else:
+        listing = root / REALBLUR_LISTS[subset]
+        if not listing.is_file():
+            raise FileNotFoundError(f"{root}: no RealBlur layout found (expected {listing.name} beside the scene folders, or input/ + target/)")
+        pairs, missing = [], []
+        for line in listing.read_text().splitlines():
+            if not line.strip(): continue
+            gt, blur = (root / part for part in line.split()[:2])
+            missing += [str(p.relative_to(root)) for p in (gt, blur) if not p.is_file()]
+            pairs.append(Pair(blur, gt, f"{blur.parent.parent.name}/{blur.name}", blur.parent.parent.name))
+        if missing: raise ValueError(f"{listing.name} names {len(missing)} files that are missing under {root}: " + _list_some(missing))
+    if not pairs: raise ValueError(f"no image pairs in {root}")
+    if check_sizes: _check_sizes(pairs)
+    return pairs
+
 # %% ../nbs/00_data.ipynb #822190a7
 def dihedral(image: np.ndarray, k: int) -> np.ndarray:
     "Symmetry k (0..7) of the square: k % 4 counter-clockwise quarter turns, then a left-right mirror if k >= 4."
@@ -243,11 +319,6 @@ def crop_and_augment(images: Sequence[np.ndarray], patch: tuple[int, int] | None
         images = [im[top:top + ph, left:left + pw] for im in images]
     op = int(rng.integers(0, 8)) if augment else 0
     return [dihedral(im, op) for im in images]
-
-
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    "uint8 HxWx3 -> float32 3xHxW in [0, 1]."
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
 
 
 def epoch_seed(seed: int, epoch: int, index: int) -> int:
@@ -290,7 +361,7 @@ class PairedDataset(_SeededDataset):
         "Item `index` cropped and augmented as a pure function of (index, seed)."
         p = self.pairs[index]
         blur, sharp = crop_and_augment(self.images(index), self.patch, self.augment, seed, index, [str(p.sharp)])
-        return {"blur": to_tensor(blur), "sharp": to_tensor(sharp), "name": p.name}
+        return {"blur": image_to_tensor(blur), "sharp": image_to_tensor(sharp), "name": p.name}
 
 
 class UnpairedDataset(_SeededDataset):
@@ -299,7 +370,7 @@ class UnpairedDataset(_SeededDataset):
                  seed: int = 0, cache: bool = False):
         self.root = Path(root)
         if not self.root.is_dir(): raise FileNotFoundError(f"image folder not found: {self.root}")
-        self.files = list(_image_files(self.root).values())
+        self.files = list(_images_by_stem(self.root).values())
         if not self.files: raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {self.root}")
         self.names = [f.relative_to(self.root).as_posix() for f in self.files]
         self.patch, self.augment, self.seed, self.epoch, self.cache = _patch_size(patch), augment, int(seed), 0, cache
@@ -317,7 +388,7 @@ class UnpairedDataset(_SeededDataset):
     def get(self, index: int, seed: int) -> dict:
         "Item `index` cropped and augmented as a pure function of (index, seed)."
         (image,) = crop_and_augment([self.image(index)], self.patch, self.augment, seed, index, [str(self.files[index])])
-        return {"image": to_tensor(image), "name": self.names[index]}
+        return {"image": image_to_tensor(image), "name": self.names[index]}
 
 # %% ../nbs/00_data.ipynb #b3ada093
 class GoProBlur(NamedTuple):
@@ -334,6 +405,12 @@ DEFAULT_EXTENT = 12.0  # pixels; calibrated so the bundled test split is about a
 def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     "A Generator from a Generator, an int seed or None (seed 0)."
     return rng if isinstance(rng, np.random.Generator) else np.random.default_rng(0 if rng is None else rng)
+
+
+def _stream_rng(seed: int, *keys: str | int) -> np.random.Generator:
+    "Independent generator for (seed, keys...), stable across Python runs (crc32, not hash())."
+    words = [int(seed) % 2**32] + [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
+    return np.random.default_rng(words)
 
 
 def gopro_margin(extent: float) -> int:
@@ -474,6 +551,63 @@ def apply_kernel(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     if image.dtype == np.uint8: return np.clip(np.round(out), 0, 255).astype(np.uint8)
     return out.astype(image.dtype if np.issubdtype(image.dtype, np.floating) else np.float64)
 
+# %% ../nbs/00_data.ipynb #1827a52c
+def power_law_radii(rng: np.random.Generator, n: int, r_min: float, r_max: float, exponent: float = 3.0) -> np.ndarray:
+    "n radii with density proportional to r**-exponent on [r_min, r_max] (inverse-CDF sampling; exponent > 1)."
+    if not 0 < r_min < r_max: raise ValueError(f"need 0 < r_min < r_max, got {r_min}, {r_max}")
+    k = 1.0 - exponent
+    u = rng.random(n)
+    return (r_min**k + u * (r_max**k - r_min**k)) ** (1.0 / k)
+
+
+def dead_leaves_image(size: int | tuple[int, int], rng: np.random.Generator | int | None = None, r_min: float = 2.0,
+                      r_max: float | None = None, supersample: int = 2, max_leaves: int = 20000) -> np.ndarray:
+    "A uint8 HxWx3 dead-leaves image: occluding disks, power-law radii, shaded colours, anti-aliased."
+    rng = _as_rng(rng)
+    h, w = _patch_size(size)
+    s = int(supersample)
+    H, W = h * s, w * s
+    r_max = (max(h, w) / 2 if r_max is None else r_max) * s
+    image, free = np.zeros((H, W, 3), np.float32), np.ones((H, W), bool)
+    rows, cols = np.mgrid[0:H, 0:W].astype(np.float32)
+    for _ in range(max_leaves // 256):
+        for r in power_law_radii(rng, 256, r_min * s, r_max):
+            cy, cx = rng.uniform(-r, H + r), rng.uniform(-r, W + r)
+            t, b, l, rr = int(max(cy - r, 0)), int(min(cy + r + 1, H)), int(max(cx - r, 0)), int(min(cx + r + 1, W))
+            if t >= b or l >= rr: continue
+            dy, dx = rows[t:b, l:rr] - cy, cols[t:b, l:rr] - cx
+            hit = (dy * dy + dx * dx <= r * r) & free[t:b, l:rr]  # only where no earlier leaf lies on top
+            if not hit.any(): continue
+            grey, saturation = rng.uniform(0, 1), rng.uniform(0, 1)  # from grey to fully saturated, as in photos
+            colour = grey + saturation * (rng.uniform(0, 1, 3) - grey)
+            slope = rng.normal(0, 0.15, 2) / r  # shading: about +-15% across a radius
+            shade = 1 + slope[0] * dy[hit] + slope[1] * dx[hit]
+            image[t:b, l:rr][hit] = np.clip(colour[None] * shade[:, None], 0, 1)
+            free[t:b, l:rr][hit] = False
+        if not free.any(): break
+    image = image.reshape(h, s, w, s, 3).mean(axis=(1, 3))  # box down-sampling: anti-aliased edges
+    return np.round(image * 255).astype(np.uint8)
+
+# %% ../nbs/00_data.ipynb #bf94f8e2
+class DeadLeaves(_SeededDataset):
+    "n dead-leaves images of size x size, image i drawn from (seed, i) on first use; items {'sharp', 'name'} like PairedDataset's."
+    def __init__(self, n: int, size: int = 256, seed: int = 0, patch: int | tuple[int, int] | None = None, augment: bool = False):
+        if n < 1: raise ValueError(f"need at least one dead-leaves image, got n={n}")
+        self.n, self.size, self.seed, self.epoch = int(n), int(size), int(seed), 0
+        self.patch, self.augment, self._cache = _patch_size(patch), augment, {}
+
+    def __len__(self) -> int: return self.n
+
+    def image(self, index: int) -> np.ndarray:
+        "Image `index` of the pool (drawn once, then cached)."
+        if index not in self._cache: self._cache[index] = dead_leaves_image(self.size, _stream_rng(self.seed, "dead_leaves", index))
+        return self._cache[index]
+
+    def get(self, index: int, seed: int) -> dict:
+        "Item `index` cropped and augmented as a pure function of (index, seed)."
+        (image,) = crop_and_augment([self.image(index)], self.patch, self.augment, seed, index, [f"dead leaves {index}"])
+        return {"sharp": image_to_tensor(image), "name": f"dead_leaves/{index:06d}"}
+
 # %% ../nbs/00_data.ipynb #4f2b61bd
 DEFAULT_PHOTOS = {
     "test": ("astronaut", "coffee", "motorcycle"),
@@ -499,12 +633,6 @@ def bundled_photo(name: str) -> np.ndarray:
     loaders = {"motorcycle": lambda: skimage.data.stereo_motorcycle()[0]}
     image = loaders[name]() if name in loaders else getattr(skimage.data, name)()
     return _to_rgb8(np.asarray(image), Path(f"skimage.data.{name}"))
-
-
-def _stream_rng(seed: int, *keys: str | int) -> np.random.Generator:
-    "Independent generator for (seed, keys...), stable across Python runs (crc32, not hash())."
-    words = [int(seed) % 2**32] + [zlib.crc32(k.encode()) if isinstance(k, str) else int(k) for k in keys]
-    return np.random.default_rng(words)
 
 
 def _random_crop(photo: np.ndarray, size: tuple[int, int], rng: np.random.Generator, tries: int = 30) -> np.ndarray:
@@ -552,14 +680,6 @@ def _synthesise_job(job: dict, photo: np.ndarray, seed: int, scale: str, out: Pa
     for key, rel in job["paths"].items(): write_image(out / rel, getattr(result, key))
 
 
-def _sha256(path: Path) -> str:
-    "Hex SHA-256 of a file."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): h.update(block)
-    return h.hexdigest()
-
-
 def _write_manifest(out: Path, seed: int, scale: str, jobs: list[dict]) -> None:
     "manifest.json: parameters, per-split counts and every file with its size and SHA-256."
     cfg = DATASET_SCALES[scale]
@@ -575,11 +695,9 @@ def _write_manifest(out: Path, seed: int, scale: str, jobs: list[dict]) -> None:
                        "gamma": GAMMA, "frames_per_sequence": cfg["frames"], "real_blur_per_photo": cfg["real_blur_per_photo"],
                        "synthesis": "synthesize_gopro_blur", "photos": "skimage.data", "scikit_image": skimage_version()},
         "splits": splits, "real_blur": {"photos": list(DEFAULT_PHOTOS["train"]), "images": sum(job["split"] == "real_blur" for job in jobs)},
-        "files": [{"path": rel, "bytes": (out / rel).stat().st_size, "sha256": _sha256(out / rel)} for rel in files],
+        "files": [{"path": rel, "bytes": (out / rel).stat().st_size, "sha256": sha256_file(out / rel)} for rel in files],
     }
-    tmp = out / ".manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
-    os.replace(tmp, out / "manifest.json")
+    write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
 
 
 def skimage_version() -> str:
@@ -660,13 +778,12 @@ def make_data_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (same seed -> byte-identical files)")
     parser.add_argument("--scale", choices=sorted(DATASET_SCALES), default="default", help="default, or small for tests")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_option(parser)
     args = parser.parse_args(argv)
     if args.seed < 0: parser.error("--seed must be >= 0")
     try: out = build_default_dataset(args.out, seed=args.seed, scale=args.scale, force=args.force, progress=not args.quiet)
     except FileExistsError as error:
-        print(f"dbgan-make-data: {error}", file=sys.stderr)
-        return 2
+        return report_error("dbgan-make-data", error, EXIT_USAGE)
     manifest = json.loads((out / "manifest.json").read_text())
     counts = ", ".join(f"{s} {v['pairs']} pairs ({len(v['sequences'])} sequences, {v['size_hw'][0]}x{v['size_hw'][1]})"
                        for s, v in manifest["splits"].items())

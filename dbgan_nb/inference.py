@@ -18,39 +18,14 @@ import torch
 import torch.nn as nn
 from tqdm import tqdm
 
-from .data import IMAGE_SUFFIXES, read_image, write_image
-from .models import load_generator
+from .data import IMAGE_SUFFIXES, as_rgb_uint8, image_to_tensor, read_image, tensor_to_image, write_image
+from .models import load_generator, native_bf16
+from .utils import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_device_option, add_quiet_option, device_from_args,
+                            pick_device, report_error)
 
 # %% auto #0
-__all__ = ['as_rgb_uint8', 'image_to_tensor', 'tensor_to_image', 'tile_starts', 'feather_ramp', 'axis_windows', 'default_device',
-           'run_generator', 'deblur_image', 'is_image_file', 'expand_inputs', 'output_paths', 'parse_deblur_args',
-           'deblur_files', 'deblur_cli']
-
-# %% ../nbs/04_inference.ipynb #ac888ea2
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    "Validate a uint8 image as HxWx3 RGB; grayscale is repeated to 3 channels and alpha dropped (as read_image does)."
-    if not isinstance(image, np.ndarray): raise TypeError(f"image must be a numpy array, got {type(image).__name__}")
-    if image.dtype != np.uint8:
-        raise ValueError(f"image must be uint8 with values 0-255, got dtype {image.dtype}; convert it first "
-                         "(e.g. skimage.util.img_as_ubyte)")
-    if image.ndim == 2: image = image[:, :, None]
-    if image.ndim != 3 or not 1 <= image.shape[2] <= 4 or min(image.shape[:2]) < 1:
-        raise ValueError(f"image must be HxW or HxWxC with C = 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA), "
-                         f"got shape {image.shape}")
-    if image.shape[2] <= 2: return np.repeat(image[:, :, :1], 3, axis=2)
-    return image[:, :, :3]
-
-# %% ../nbs/04_inference.ipynb #0dc5bf58
-def image_to_tensor(image: np.ndarray, device: torch.device | str = "cpu", channels_last: bool = False) -> torch.Tensor:
-    "uint8 HxWx3 -> float32 1x3xHxW in [0, 1] on device."
-    x = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)[None].float().div_(255)
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
-
-def tensor_to_image(x: torch.Tensor) -> np.ndarray:
-    "float 3xHxW or 1x3xHxW in [0, 1] -> uint8 HxWx3 (clamped, rounded to the nearest level)."
-    if x.ndim == 4: x = x[0]
-    levels = x.detach().float().clamp(0, 1).mul_(255).round_().to(torch.uint8)  # one float copy, then in place
-    return np.ascontiguousarray(levels.permute(1, 2, 0).cpu().numpy())
+__all__ = ['tile_starts', 'feather_ramp', 'axis_windows', 'run_generator', 'deblur_image', 'is_image_file', 'expand_inputs',
+           'output_paths', 'parse_deblur_args', 'deblur_files', 'deblur_cli']
 
 # %% ../nbs/04_inference.ipynb #547f60d3
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
@@ -81,14 +56,15 @@ def axis_windows(length: int, tile: int, overlap: int) -> list[tuple[int, np.nda
     return windows
 
 # %% ../nbs/04_inference.ipynb #5eb8e623
-def default_device() -> torch.device:
-    "CUDA when available, else the CPU."
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
 def run_generator(model: nn.Module, batch: torch.Tensor, bf16: bool = False) -> torch.Tensor:
     "One forward pass, returned in float32; `bf16` runs the convolutions under bfloat16 autocast."
     with torch.autocast(batch.device.type, dtype=torch.bfloat16, enabled=bf16):
         return model(batch).float()
+
+def _network_input(image: np.ndarray, device: torch.device, channels_last: bool) -> torch.Tensor:
+    "A uint8 HxWx3 image as the 1x3xHxW float32 batch the generators take, in the chosen memory format."
+    x = image_to_tensor(image, device)[None]
+    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 def _blend_tiles(model: nn.Module, image: np.ndarray, tile: int, overlap: int, device: torch.device,
                  channels_last: bool, progress: bool = False, bf16: bool = False) -> torch.Tensor:
@@ -100,7 +76,7 @@ def _blend_tiles(model: nn.Module, image: np.ndarray, tile: int, overlap: int, d
         for y, wy in rows:
             for x, wx in cols:
                 patch = image[y:y + len(wy), x:x + len(wx)]
-                out = run_generator(model, image_to_tensor(patch, device, channels_last), bf16)[0].cpu()
+                out = run_generator(model, _network_input(patch, device, channels_last), bf16)[0].cpu()
                 restored[:, y:y + len(wy), x:x + len(wx)] += out * torch.from_numpy(np.outer(wy, wx)).float()
                 bar.update()
     return restored
@@ -112,15 +88,15 @@ def deblur_image(model: nn.Module, image_uint8: np.ndarray, tile: int | None = N
     "Deblur a uint8 HxWx3 image (grayscale accepted), whole or in feathered tiles; returns uint8 HxWx3."
     image = as_rgb_uint8(image_uint8)
     if tile is not None: tile_starts(1, tile, overlap)  # validate tile/overlap before any work
-    device = torch.device(device) if device is not None else default_device()
+    device = pick_device(device)
     if channels_last is None: channels_last = True  # NHWC: oneDNN on the CPU, tensor cores on the GPU
-    if bf16 is None: bf16 = device.type == "cuda"  # bf16 is slower than fp32 on AVX2 CPUs
+    if bf16 is None: bf16 = native_bf16(device)  # emulated bf16 (AVX2 CPUs, old GPUs) is slower than fp32
     was_training = model.training
     model.to(device=device, memory_format=torch.channels_last if channels_last else torch.contiguous_format).eval()
     try:
         h, w = image.shape[:2]
         if tile is None or (h <= tile and w <= tile):
-            return tensor_to_image(run_generator(model, image_to_tensor(image, device, channels_last), bf16))
+            return tensor_to_image(run_generator(model, _network_input(image, device, channels_last), bf16))
         return tensor_to_image(_blend_tiles(model, image, tile, overlap, device, channels_last, progress, bf16))
     finally:
         model.train(was_training)
@@ -172,8 +148,11 @@ def parse_deblur_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="generator checkpoint: ours (generator_checkpoint / training) or the released G.pth")
     parser.add_argument("--tile", type=int, default=512, help="tile size in pixels; 0 = whole image (default 512)")
     parser.add_argument("--overlap", type=int, default=32, help="pixels shared by neighbouring tiles, <= tile/2 (default 32)")
-    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda if available, else cpu")
-    parser.add_argument("--fp32", action="store_true", help="float32 on CUDA too (default there: bfloat16 autocast)")
+    parser.add_argument("--sha256", metavar="HEX", help="refuse --weights unless its SHA-256 is this (64 hex digits)")
+    add_device_option(parser)
+    parser.add_argument("--fp32", action="store_true",
+                        help="float32 everywhere (default: bfloat16 autocast where the device computes it natively)")
+    add_quiet_option(parser)
     return parser.parse_args(argv)
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -187,15 +166,16 @@ def _report(message: str) -> None:
     tqdm.write(f"dbgan-deblur: error: {message}", file=sys.stderr)
 
 def deblur_files(model: nn.Module, inputs: Sequence[Path], outputs: Sequence[Path], tile: int | None, overlap: int,
-                 device: torch.device, bf16: bool | None = None) -> list[Path]:
+                 device: torch.device, bf16: bool | None = None, progress: bool = True) -> list[Path]:
     "Deblur each input into its output; report failures by name and return the inputs that failed."
     input_ids = {_file_id(p) for p in inputs} - {None}
     failed: list[Path] = []
-    for src, dst in tqdm(list(zip(inputs, outputs)), desc="deblurring", unit="image"):
+    for src, dst in tqdm(list(zip(inputs, outputs)), desc="deblurring", unit="image", disable=not progress):
         try:
             if _file_id(dst) in input_ids:
                 raise ValueError(f"refusing to overwrite input {src} with its result {dst}; choose another --out")
-            restored = deblur_image(model, read_image(src), tile=tile, overlap=overlap, device=device, bf16=bf16, progress=True)
+            restored = deblur_image(model, read_image(src), tile=tile, overlap=overlap, device=device, bf16=bf16,
+                                    progress=progress)
             write_image(dst, restored)
         except Exception as e:  # report any failure by name and go on with the next image
             message = str(e) if isinstance(e, (OSError, ValueError)) else f"{type(e).__name__}: {e}"
@@ -211,19 +191,19 @@ def deblur_cli(argv: Sequence[str] | None = None) -> int:
         if tile is not None:
             try: tile_starts(1, tile, args.overlap)
             except ValueError as e: raise ValueError(f"--tile {args.tile} --overlap {args.overlap}: {e}") from None
-        if args.device == "cuda" and not torch.cuda.is_available(): raise ValueError("--device cuda: no CUDA device available")
-        device = torch.device(args.device) if args.device else default_device()
+        device = pick_device(args.device)
         inputs = expand_inputs(args.inputs)
         outputs = output_paths(inputs, args.out)
     except (OSError, ValueError) as e:
         _report(str(e))
-        return 2
+        return EXIT_USAGE
     try:
-        model = load_generator(args.weights, map_location=device)
+        model = load_generator(args.weights, map_location=device, sha256=args.sha256)
     except Exception as e:  # a bad checkpoint can fail in many ways; all of them mean "stop before processing"
         _report(f"cannot load --weights {args.weights}: {e}")
-        return 2
+        return EXIT_USAGE
     args.out.mkdir(parents=True, exist_ok=True)
-    failed = deblur_files(model, inputs, outputs, tile, args.overlap, device, bf16=False if args.fp32 else None)
+    failed = deblur_files(model, inputs, outputs, tile, args.overlap, device, bf16=False if args.fp32 else None,
+                          progress=not args.quiet)
     if failed: _report(f"{len(failed)} of {len(inputs)} inputs failed: {', '.join(map(str, failed))}")
-    return 1 if failed else 0
+    return EXIT_FAILED if failed else EXIT_OK

@@ -19,8 +19,8 @@ from torchvision.models.vgg import make_layers
 
 # %% auto #0
 __all__ = ['IMAGENET_MEAN', 'IMAGENET_STD', 'LOSS_KINDS', 'vgg19_conv_indices', 'imagenet_vgg19_cache_path', 'PerceptualLoss',
-           'content_loss', 'relativistic_d_loss', 'relativistic_g_loss', 'gan_d_loss', 'gan_g_loss', 'BGANLoss',
-           'DBGANLoss']
+           'content_loss', 'gaussian_lowpass', 'lowpass_content_loss', 'relativistic_d_loss', 'relativistic_g_loss',
+           'gan_d_loss', 'gan_g_loss', 'BGANLoss', 'DBGANLoss']
 
 # %% ../nbs/03_losses.ipynb #693856c3
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -174,6 +174,23 @@ def content_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"content_loss expects equal shapes, got {tuple(x.shape)} and {tuple(y.shape)}")
     return F.mse_loss(x, y)
 
+# %% ../nbs/03_losses.ipynb #603bc9fd
+def gaussian_lowpass(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    "Separable Gaussian filter of (N, C, H, W) images, radius int(3 sigma + 0.5), mirrored borders (scipy's 'mirror')."
+    if sigma <= 0: raise ValueError(f"sigma must be positive, got {sigma}")
+    radius = int(3 * sigma + 0.5)  # scipy.ndimage's truncate=3 rule
+    taps = torch.arange(-radius, radius + 1, dtype=images.dtype, device=images.device)
+    taps = torch.exp(-taps**2 / (2 * sigma**2))
+    taps = taps / taps.sum()
+    c = images.shape[1]
+    rows = F.conv2d(F.pad(images, (0, 0, radius, radius), mode="reflect"), taps.view(1, 1, -1, 1).expand(c, 1, -1, 1), groups=c)
+    return F.conv2d(F.pad(rows, (radius, radius, 0, 0), mode="reflect"), taps.view(1, 1, 1, -1).expand(c, 1, 1, -1), groups=c)
+
+
+def lowpass_content_loss(x: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
+    "Mean squared error between the Gaussian-low-passed versions of two images of equal shape."
+    return content_loss(gaussian_lowpass(x, sigma), gaussian_lowpass(y, sigma))
+
 # %% ../nbs/03_losses.ipynb #6971de9f
 LOSS_KINDS = ("ls", "bce")
 
@@ -240,11 +257,17 @@ def gan_g_loss(c_real: torch.Tensor | None, c_fake: torch.Tensor, kind: str = "l
 # %% ../nbs/03_losses.ipynb #e463c061
 class _AdversarialObjective(nn.Module):
     "Shared parts of the BGAN and DBGAN objectives: the adversarial loss kind and the optional perceptual term."
-    def __init__(self, perceptual: nn.Module | None, kind: str, perceptual_weight: float, relativistic: bool):
+    def __init__(self, perceptual: nn.Module | None, kind: str, perceptual_weight: float, relativistic: bool,
+                 adversarial_weight: float):
         super().__init__()
         _check_kind(kind)
         self.perceptual, self.kind = perceptual, kind
-        self.perceptual_weight, self.relativistic = perceptual_weight, relativistic
+        self.perceptual_weight, self.relativistic, self.adversarial_weight = perceptual_weight, relativistic, adversarial_weight
+
+    @property
+    def uses_discriminator(self) -> bool:
+        "Whether the adversarial term counts; with weight 0 the trainer neither runs nor trains the discriminator."
+        return self.adversarial_weight != 0
 
     def _perceptual_term(self, prediction: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
         "Perceptual loss, or an exact zero without running the VGG when it is disabled."
@@ -252,8 +275,9 @@ class _AdversarialObjective(nn.Module):
             return prediction.new_zeros(())
         return self.perceptual(prediction, reference)
 
-    def _adversarial_term(self, c_real: torch.Tensor, c_fake: torch.Tensor) -> torch.Tensor:
-        "Generator side of the adversarial loss."
+    def _adversarial_term(self, c_real: torch.Tensor | None, c_fake: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+        "Generator side of the adversarial loss, or an exact zero without scores when its weight is 0."
+        if not self.uses_discriminator: return like.new_zeros(())
         loss = relativistic_g_loss if self.relativistic else gan_g_loss
         return loss(c_real, c_fake, kind=self.kind)
 
@@ -264,33 +288,38 @@ class _AdversarialObjective(nn.Module):
 
 
 class BGANLoss(_AdversarialObjective):
-    "L_BGAN = perceptual_weight * L_p(fake blur, sharp) + alpha * L_RBL (generator side)."
+    "L_BGAN = perceptual_weight * L_p(fake blur, sharp) + content_weight * L_c^sigma + alpha * L_RBL (generator side)."
     def __init__(self, perceptual: nn.Module | None, alpha: float = 0.005, kind: str = "ls",
-                 perceptual_weight: float = 1.0, relativistic: bool = True):
-        super().__init__(perceptual, kind, perceptual_weight, relativistic)
-        self.alpha = alpha
+                 perceptual_weight: float = 1.0, relativistic: bool = True, content_weight: float = 0.0,
+                 lowpass_sigma: float | None = None):
+        super().__init__(perceptual, kind, perceptual_weight, relativistic, alpha)
+        if content_weight != 0 and lowpass_sigma is None:
+            raise ValueError("BGAN's content term compares low-passed images: give lowpass_sigma with content_weight")
+        self.alpha, self.content_weight, self.lowpass_sigma = alpha, content_weight, lowpass_sigma
 
-    def generator(self, sharp: torch.Tensor, fake_blur: torch.Tensor, c_real: torch.Tensor,
-                  c_fake: torch.Tensor) -> dict[str, torch.Tensor]:
+    def generator(self, sharp: torch.Tensor, fake_blur: torch.Tensor, c_real: torch.Tensor | None,
+                  c_fake: torch.Tensor | None) -> dict[str, torch.Tensor]:
         "Terms and total of the blur generator's loss; c_real scores real blurred photos, c_fake the generated blur."
         perceptual = self._perceptual_term(fake_blur, sharp)
-        adversarial = self._adversarial_term(c_real, c_fake)
-        total = self.perceptual_weight * perceptual + self.alpha * adversarial
-        return dict(total=total, perceptual=perceptual, adversarial=adversarial)
+        content = (lowpass_content_loss(fake_blur, sharp, self.lowpass_sigma) if self.content_weight != 0
+                   else fake_blur.new_zeros(()))
+        adversarial = self._adversarial_term(c_real, c_fake, fake_blur)
+        total = self.perceptual_weight * perceptual + self.content_weight * content + self.alpha * adversarial
+        return dict(total=total, perceptual=perceptual, content=content, adversarial=adversarial)
 
 
 class DBGANLoss(_AdversarialObjective):
     "L_DBGAN = perceptual_weight * L_p + content_weight * L_c + beta * L_RDBL (generator side)."
     def __init__(self, perceptual: nn.Module | None, beta: float = 0.01, kind: str = "ls",
                  perceptual_weight: float = 1.0, content_weight: float = 1.0, relativistic: bool = True):
-        super().__init__(perceptual, kind, perceptual_weight, relativistic)
+        super().__init__(perceptual, kind, perceptual_weight, relativistic, beta)
         self.beta, self.content_weight = beta, content_weight
 
-    def generator(self, restored: torch.Tensor, sharp: torch.Tensor, c_real: torch.Tensor,
-                  c_fake: torch.Tensor) -> dict[str, torch.Tensor]:
+    def generator(self, restored: torch.Tensor, sharp: torch.Tensor, c_real: torch.Tensor | None,
+                  c_fake: torch.Tensor | None) -> dict[str, torch.Tensor]:
         "Terms and total of the deblurring generator's loss; c_real scores sharp images, c_fake the restored ones."
         perceptual = self._perceptual_term(restored, sharp)
         content = content_loss(restored, sharp)
-        adversarial = self._adversarial_term(c_real, c_fake)
+        adversarial = self._adversarial_term(c_real, c_fake, restored)
         total = self.perceptual_weight * perceptual + self.content_weight * content + self.beta * adversarial
         return dict(total=total, perceptual=perceptual, content=content, adversarial=adversarial)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import math
 import os
 import sys
 import warnings
@@ -23,24 +24,19 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from .data import IMAGE_SUFFIXES, Pair, find_gopro_pairs, read_image, write_text_atomic
+from .data import Pair, find_gopro_pairs, find_hide_pairs, find_realblur_pairs, list_images, read_image, to_levels
+from .utils import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_device_option, add_quiet_option, device_from_args,
+                            pick_device, report_error, write_csv_atomic)
 
 # %% auto #0
 __all__ = ['PEAK', 'SSIM_WINDOW', 'SSIM_SIGMA', 'SSIM_K1', 'SSIM_K2', 'COMPILED_STRIP_ROWS', 'MAX_COMPILED_SHAPES', 'PROTOCOL',
-           'METRIC_COLUMNS', 'COMPILE_MIN_PIXELS', 'quantize', 'as_levels', 'psnr', 'gaussian_taps', 'Workspace',
-           'gaussian_filter_valid', 'ssim2d', 'channel_mixing_matrix', 'ssim_matlab', 'torch_threads', 'image_metrics',
-           'compile_pays_off', 'match_predictions', 'default_device', 'evaluate_files', 'evaluate_pairs',
-           'evaluate_folders', 'write_csv_atomic', 'summary_line', 'eval_cli']
+           'METRIC_COLUMNS', 'COMPILE_MIN_PIXELS', 'REALBLUR_PROTOCOL', 'REALBLUR_COLUMNS', 'as_levels', 'psnr',
+           'gaussian_taps', 'Workspace', 'gaussian_filter_valid', 'ssim2d', 'channel_mixing_matrix', 'ssim_matlab',
+           'torch_threads', 'image_metrics', 'compile_pays_off', 'realblur_align', 'as_rgb_float', 'realblur_metrics',
+           'match_predictions', 'evaluate_files', 'evaluate_pairs', 'evaluate_folders', 'summary_line', 'eval_cli']
 
 # %% ../nbs/01_metrics.ipynb #91ce89f4
 PEAK = 255.0  # data range L of 8-bit images
-
-
-def quantize(images: torch.Tensor) -> torch.Tensor:
-    "Float images in [0, 1] -> uint8 levels (clamped, rounded half to even); uint8 tensors pass through."
-    if images.dtype == torch.uint8: return images
-    if not images.is_floating_point(): raise ValueError(f"expected float images in [0, 1] or uint8 levels, got {images.dtype}")
-    return torch.round(images.clamp(0, 1) * PEAK).to(torch.uint8)
 
 # %% ../nbs/01_metrics.ipynb #8239d2b4
 def _numpy_levels(image: np.ndarray, name: str) -> torch.Tensor:
@@ -59,7 +55,7 @@ def as_levels(pred: np.ndarray | torch.Tensor, gt: np.ndarray | torch.Tensor) ->
         for name, t in (("pred", pred), ("gt", gt)):
             if t.ndim != 4 or t.shape[1] != 3: raise ValueError(f"{name}: expected a Bx3xHxW tensor, got shape {tuple(t.shape)}")
         if pred.device != gt.device: raise ValueError(f"pred is on {pred.device} but gt is on {gt.device}")
-        levels = quantize(pred), quantize(gt)
+        levels = to_levels(pred), to_levels(gt)
     else:
         raise TypeError(f"pred and gt must both be uint8 HxWx3 numpy arrays or both Bx3xHxW tensors, got "
                         f"{type(pred).__name__} and {type(gt).__name__}")
@@ -298,14 +294,55 @@ def compile_pays_off(pixels: int, device: torch.device | str) -> bool:
     "Whether scoring `pixels` ground-truth pixels on `device` is worth compiling the SSIM passes (CPU, large jobs)."
     return torch.device(device).type == "cpu" and pixels >= COMPILE_MIN_PIXELS
 
+# %% ../nbs/01_metrics.ipynb #d3fa5917
+REALBLUR_PROTOCOL = ("RealBlur protocol (Rim et al. 2020): prediction matched in intensity to the ground truth, aligned by "
+                     "OpenCV ECC homography (grayscale, 100 iterations, eps 0, gaussFiltSize 5), cubic warp with reflected "
+                     "border and validity mask; PSNR over the mask; SSIM (Gaussian sigma 1.5) averaged over the mask, "
+                     "5-px window border cropped")
+REALBLUR_COLUMNS = ("psnr", "ssim")
+
+
+def realblur_align(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "(aligned prediction, ground truth, validity mask), float32 HxWx3 in [0, 1], both images multiplied by the mask."
+    import cv2  # the reference implementation of ECC; needed for this protocol only
+    x, z = as_rgb_float(gt, "gt"), as_rgb_float(pred, "pred")
+    if x.shape != z.shape: raise ValueError(f"pred and gt differ in size: {z.shape} vs {x.shape}")
+    z = z * (np.sum(x * z) / max(float(np.sum(z * z)), 1e-12))  # intensity matching
+    warp = np.eye(3, dtype=np.float32)
+    criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 100, 0)
+    try:
+        _, warp = cv2.findTransformECC(cv2.cvtColor(x, cv2.COLOR_RGB2GRAY), cv2.cvtColor(z, cv2.COLOR_RGB2GRAY), warp,
+                                       cv2.MOTION_HOMOGRAPHY, criteria, None, 5)
+    except cv2.error as error:
+        raise ValueError(f"ECC alignment failed ({str(error).strip().splitlines()[-1]})") from None
+    h, w = x.shape[:2]
+    aligned = cv2.warpPerspective(z, warp, (w, h), flags=cv2.INTER_CUBIC + cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT)
+    mask = cv2.warpPerspective(np.ones_like(z), warp, (w, h), flags=cv2.INTER_NEAREST + cv2.WARP_INVERSE_MAP,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    return aligned * mask, x * mask, mask
+
+
+def as_rgb_float(image: np.ndarray, name: str) -> np.ndarray:
+    "A uint8 HxWx3 image as float32 in [0, 1]."
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
+        raise ValueError(f"{name}: expected a uint8 HxWx3 array, got {getattr(image, 'dtype', type(image))} {getattr(image, 'shape', '')}")
+    return image.astype(np.float32) / 255.0
+
+
+def realblur_metrics(pred: np.ndarray, gt: np.ndarray) -> tuple[float, float]:
+    "(PSNR, SSIM) of a uint8 RGB prediction against its ground truth under the RealBlur protocol."
+    from skimage.metrics import structural_similarity
+    aligned, target, mask = realblur_align(pred, gt)
+    error = float(np.sum((target.astype(np.float64) - aligned) ** 2)) / float(np.sum(mask, dtype=np.float64))
+    psnr_value = math.inf if error == 0 else 10 * math.log10(1.0 / error)
+    _, ssim_map = structural_similarity(target, aligned, channel_axis=2, gaussian_weights=True, sigma=1.5,
+                                        use_sample_covariance=False, data_range=1.0, full=True)
+    b = 5  # half the 11-tap window: the border where skimage's windows are incomplete
+    weighted, kept = (ssim_map * mask)[b:-b, b:-b], mask[b:-b, b:-b]
+    ssim_value = float(np.mean(weighted.sum(axis=(0, 1)) / kept.sum(axis=(0, 1))))
+    return psnr_value, ssim_value
+
 # %% ../nbs/01_metrics.ipynb #c26ffb4e
-def _image_files(folder: Path) -> list[str]:
-    "Relative posix paths of the images under `folder` (recursive, hidden files skipped), sorted."
-    return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*")
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
 def _stem(name: str) -> str:
     "A relative path without its suffix."
     return name[: -len(Path(name).suffix)] if Path(name).suffix else name
@@ -331,7 +368,7 @@ def match_predictions(names: Sequence[str], pred_dir: str | os.PathLike) -> dict
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir(): raise FileNotFoundError(f"prediction folder not found: {pred_dir}")
     files_by_key = defaultdict(list)
-    for f in _image_files(pred_dir): files_by_key[_stem(f)].append(f)
+    for f in (p.relative_to(pred_dir).as_posix() for p in list_images(pred_dir)): files_by_key[_stem(f)].append(f)
     basename_counts = defaultdict(int)
     for name in names: basename_counts[_stem(name).rsplit("/", 1)[-1]] += 1
     unique_basenames = {b for b, n in basename_counts.items() if n == 1}
@@ -382,19 +419,20 @@ def _read_pair(name: str, pred_path: Path, gt_path: Path) -> tuple[np.ndarray, n
     return pred, gt
 
 
-def default_device() -> torch.device:
-    "CUDA if available, else CPU."
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def _realblur_row(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
+    "PSNR and SSIM of one pair under the RealBlur protocol."
+    return dict(zip(REALBLUR_COLUMNS, realblur_metrics(pred, gt)))
 
 
 def evaluate_files(items: Sequence[tuple[str, str | os.PathLike, str | os.PathLike]], device: torch.device | str | None = None,
-                   progress: bool = True, compiled: bool | None = None) -> pd.DataFrame:
-    "Score (name, prediction file, ground-truth file) triples -> DataFrame(name, psnr, ssim2d, ssim_matlab)."
+                   progress: bool = True, compiled: bool | None = None, protocol: str = "gopro") -> pd.DataFrame:
+    "Score (name, prediction, ground truth) file triples -> DataFrame(name, psnr, ssim2d, ssim_matlab), or (name, psnr, ssim) for protocol='realblur'."
+    if protocol not in ("gopro", "realblur"): raise ValueError(f"protocol must be 'gopro' or 'realblur', got {protocol!r}")
     items = [(name, Path(p), Path(g)) for name, p, g in items]
     if not items: raise ValueError("nothing to evaluate: no images")
     mismatched, pixels = _size_mismatches(items)
     if mismatched: raise ValueError(f"predictions that differ in size from their ground truth ({len(mismatched)}): {_list_names(mismatched)}")
-    device = torch.device(device) if device is not None else default_device()
+    device = pick_device(device)
     if compiled is None: compiled = compile_pays_off(pixels, device)
     rows, failures = [], []
     with ThreadPoolExecutor(max_workers=1) as reader:  # decode the next pair while this one is scored
@@ -402,21 +440,23 @@ def evaluate_files(items: Sequence[tuple[str, str | os.PathLike, str | os.PathLi
         for index, (name, _, _) in enumerate(tqdm(items, desc="evaluating", unit="image", disable=not progress)):
             current = pending
             if index + 1 < len(items): pending = reader.submit(_read_pair, *items[index + 1])
-            try: rows.append({"name": name, **image_metrics(*current.result(), device, compiled)})
-            except (OSError, ValueError) as error: failures.append(str(error))
+            try:
+                scores = _realblur_row(*current.result()) if protocol == "realblur" else image_metrics(*current.result(), device, compiled)
+                rows.append({"name": name, **scores})
+            except (OSError, ValueError) as error: failures.append(f"{name}: {error}" if name not in str(error) else str(error))
     if failures: raise ValueError(f"images that could not be evaluated ({len(failures)} of {len(items)}):\n  " + "\n  ".join(failures))
-    return pd.DataFrame(rows, columns=["name", *METRIC_COLUMNS])
+    return pd.DataFrame(rows, columns=["name", *(REALBLUR_COLUMNS if protocol == "realblur" else METRIC_COLUMNS)])
 
 
 def evaluate_pairs(pairs: Sequence[Pair], pred_dir: str | os.PathLike | None = "blur", device: torch.device | str | None = None,
-                   progress: bool = True, compiled: bool | None = None) -> pd.DataFrame:
+                   progress: bool = True, compiled: bool | None = None, protocol: str = "gopro") -> pd.DataFrame:
     "Score predictions in `pred_dir` (or the blurred inputs: pred_dir='blur' or None) against the pairs' sharp images."
     if pred_dir is None or (isinstance(pred_dir, str) and pred_dir == "blur"):
         items = [(p.name, p.blur, p.sharp) for p in pairs]
     else:
         matched = match_predictions([p.name for p in pairs], pred_dir)
         items = [(p.name, matched[p.name], p.sharp) for p in pairs]
-    return evaluate_files(items, device=device, progress=progress, compiled=compiled)
+    return evaluate_files(items, device=device, progress=progress, compiled=compiled, protocol=protocol)
 
 
 def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, device: torch.device | str | None = None,
@@ -424,7 +464,7 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, dev
     "Score every image under `gt_dir` against its prediction in `pred_dir` (matched as in match_predictions)."
     gt_dir = Path(gt_dir)
     if not gt_dir.is_dir(): raise FileNotFoundError(f"ground-truth folder not found: {gt_dir}")
-    names = _image_files(gt_dir)
+    names = [p.relative_to(gt_dir).as_posix() for p in list_images(gt_dir)]
     if not names: raise ValueError(f"no images in the ground-truth folder {gt_dir}")
     clashes = defaultdict(list)
     for name in names: clashes[_stem(name)].append(name)
@@ -435,13 +475,11 @@ def evaluate_folders(pred_dir: str | os.PathLike, gt_dir: str | os.PathLike, dev
                           compiled=compiled)
 
 # %% ../nbs/01_metrics.ipynb #e56f0790
-def write_csv_atomic(table: pd.DataFrame, path: str | os.PathLike) -> Path:
-    "Write `table` as CSV to a temporary file in the target folder, then rename it into place."
-    return write_text_atomic(path, table.to_csv(index=False))
-
-
 def summary_line(table: pd.DataFrame, label: str) -> str:
-    "One line: what was evaluated, how many images, the three means and the protocol."
+    "One line: what was evaluated, how many images, the means and the protocol (GoPro's, or RealBlur's for a psnr/ssim table)."
+    if "ssim2d" not in table:
+        return (f"{label}: {len(table)} images | PSNR {table.psnr.mean():.2f} dB | SSIM {table.ssim.mean():.4f} | "
+                f"protocol: {REALBLUR_PROTOCOL}")
     means = table[list(METRIC_COLUMNS)].mean()
     return (f"{label}: {len(table)} images | PSNR {means.psnr:.2f} dB | ssim2d {means.ssim2d:.4f} | "
             f"ssim_matlab {means.ssim_matlab:.4f} | protocol: {PROTOCOL}")
@@ -453,42 +491,51 @@ def _parse_eval_args(argv: Sequence[str] | None) -> argparse.Namespace:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--gt", help="folder of ground-truth images (predictions matched by relative name)")
     source.add_argument("--gopro", help="GoPro dataset root (native, input/target or blur/sharp layout)")
+    source.add_argument("--hide", help="HIDE root (test/test-close-ups, test/test-long-shot and GT/, or input/ + target/)")
+    source.add_argument("--realblur", help="RealBlur root (scene folders and the --subset's test list, or input/ + target/); "
+                                            "scored with the RealBlur protocol")
+    parser.add_argument("--subset", choices=("J", "R"), help="RealBlur-J (camera JPEGs) or RealBlur-R (raw); with --realblur")
     parser.add_argument("--pred", required=True,
-                        help="folder of restored images, or the word 'blur' to score the blurred inputs (--gopro; "
-                             "write ./blur for a folder named blur)")
+                        help="folder of restored images, or the word 'blur' to score the blurred inputs (--gopro, --hide, "
+                             "--realblur; write ./blur for a folder named blur)")
     parser.add_argument("--split", default="test", help="split of the GoPro dataset (default: test)")
     parser.add_argument("--blur-key", default="blur", choices=("blur", "blur_gamma"), help="blurred variant for --pred blur")
     parser.add_argument("--csv", help="write per-image results (name, psnr, ssim2d, ssim_matlab) to this file")
-    parser.add_argument("--device", help="cpu or cuda (default: cuda if available)")
+    add_device_option(parser)
     parser.add_argument("--threads", type=int, default=1, help="PyTorch CPU threads for the metrics (default 1; 0: PyTorch's default)")
     parser.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=None,
                         help="torch.compile the SSIM passes (default: on the CPU when there are at least "
                              f"{COMPILE_MIN_PIXELS // 10**6} megapixels to score)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet_option(parser)
     args = parser.parse_args(argv)
     if args.threads < 0: parser.error("--threads must be >= 0")
     if args.gt is not None and args.pred == "blur": parser.error("--pred blur needs --gopro ROOT (a --gt folder has no blurred inputs)")
+    if (args.realblur is None) != (args.subset is None): parser.error("--realblur ROOT and --subset J|R go together")
+    args.device = device_from_args(parser, args.device)
     return args
 
 
 def eval_cli(argv: Sequence[str] | None = None) -> int:
-    "dbgan-eval: score a folder of results (or the blurred inputs) and print the summary; exit 1 on any problem."
+    "dbgan-eval: score a folder of results (or the blurred inputs) and print the summary; exit 2 on missing input, 1 on failed images."
     args = _parse_eval_args(argv)
+    device = args.device
     try:
-        if args.device == "cuda" and not torch.cuda.is_available(): raise ValueError("--device cuda: no CUDA device available")
-        device = torch.device(args.device) if args.device else default_device()
         with torch_threads(args.threads or None):
-            if args.gopro is not None:
-                pairs = find_gopro_pairs(args.gopro, split=args.split, blur_key=args.blur_key)
-                table = evaluate_pairs(pairs, args.pred, device=device, progress=not args.quiet, compiled=args.compiled)
-                what = f"blurred input ({args.blur_key})" if args.pred == "blur" else args.pred
-                label = f"{args.gopro} {args.split}, {what}"
+            if args.gt is None:
+                if args.gopro is not None:
+                    pairs, label = find_gopro_pairs(args.gopro, split=args.split, blur_key=args.blur_key), f"{args.gopro} {args.split}"
+                elif args.hide is not None: pairs, label = find_hide_pairs(args.hide), f"HIDE {args.hide}"
+                else: pairs, label = find_realblur_pairs(args.realblur, args.subset), f"RealBlur-{args.subset} {args.realblur}"
+                table = evaluate_pairs(pairs, args.pred, device=device, progress=not args.quiet, compiled=args.compiled,
+                                       protocol="realblur" if args.realblur is not None else "gopro")
+                label += f", {'blurred input (' + args.blur_key + ')' if args.pred == 'blur' else args.pred}"
             else:
                 table = evaluate_folders(args.pred, args.gt, device=device, progress=not args.quiet, compiled=args.compiled)
                 label = f"{args.pred} vs {args.gt}"
         if args.csv: write_csv_atomic(table, args.csv)
+    except FileNotFoundError as error:
+        return report_error("dbgan-eval", error, EXIT_USAGE)
     except (OSError, ValueError) as error:
-        print(f"dbgan-eval: error: {error}", file=sys.stderr)
-        return 1
+        return report_error("dbgan-eval", error, EXIT_FAILED)
     print(summary_line(table, label))
-    return 0
+    return EXIT_OK

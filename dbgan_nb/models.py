@@ -18,11 +18,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from .utils import sha256_file
+
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'GENERATORS', 'conv3x3', 'RDB', 'set_dense_path', 'RRDB', 'clamp_straight_through',
+__all__ = ['GENERATOR_FORMAT', 'GENERATORS', 'conv3x3', 'RDB', 'set_dense_path', 'RRDB', 'clamp_straight_through',
            'ResidualDenseGenerator', 'DBGANGenerator', 'BGANGenerator', 'ReleaseTrunk', 'ReleaseGenerator',
            'VGGDiscriminator', 'init_normal_', 'count_parameters', 'count_macs', 'native_bf16', 'generator_checkpoint',
-           'UnsafeCheckpointError', 'load_generator']
+           'UnsafeCheckpointError', 'verify_sha256', 'load_generator']
 
 # %% ../nbs/02_models.ipynb #8701b463
 def conv3x3(in_ch: int, out_ch: int) -> nn.Conv2d:
@@ -166,12 +168,13 @@ class ReleaseTrunk(nn.Module):
         return x + self.sub2(self.sub1(x))
 
 class ReleaseGenerator(nn.Module):
-    "The authors' released DBGAN generator (ESRGAN RRDB net, nf=64, gc=32, 16 RRDBs): clamp(x + model(x), 0, 1)."
-    def __init__(self):
+    "The authors' released DBGAN generator (ESRGAN RRDB net; released: 16 RRDBs, nf=64, gc=32): clamp(x + model(x), 0, 1)."
+    def __init__(self, n_blocks: int = 16, nf: int = 64, gc: int = 32):
         super().__init__()
-        self.config: dict = {}
-        self.model = nn.Sequential(conv3x3(3, 64), ReleaseTrunk(64, 32, 16), conv3x3(64, 64),
-                                   nn.LeakyReLU(0.2, inplace=True), conv3x3(64, 3))
+        if n_blocks < 1 or nf < 1 or gc < 1: raise ValueError(f"need n_blocks, nf, gc >= 1, got {n_blocks}, {nf}, {gc}")
+        self.config = dict(n_blocks=n_blocks, nf=nf, gc=gc)
+        self.model = nn.Sequential(conv3x3(3, nf), ReleaseTrunk(nf, gc, n_blocks), conv3x3(nf, nf),
+                                   nn.LeakyReLU(0.2, inplace=True), conv3x3(nf, 3))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         "Deblur a batch (N, 3, H, W) in [0, 1]."
@@ -242,7 +245,7 @@ def native_bf16(device: torch.device | str) -> bool:
     return any(probe() for probe in probes if probe is not None)  # private probes: absent means unknown, so no
 
 # %% ../nbs/02_models.ipynb #91431b97
-CHECKPOINT_FORMAT = "dbgan-nb/generator"
+GENERATOR_FORMAT = "dbgan-nb/generator"  # a training checkpoint is "dbgan-nb/train" (TRAINING_FORMAT)
 GENERATORS: dict[str, type[nn.Module]] = {"DBGANGenerator": DBGANGenerator, "BGANGenerator": BGANGenerator,
                                           "ReleaseGenerator": ReleaseGenerator}
 
@@ -259,7 +262,7 @@ def generator_checkpoint(model: nn.Module) -> dict:
     model = _unwrap(model)
     arch = type(model).__name__
     if arch not in GENERATORS: raise ValueError(f"{arch} is not a known generator (expected one of {sorted(GENERATORS)})")
-    return {"format": CHECKPOINT_FORMAT, "arch": arch, "config": dict(model.config),
+    return {"format": GENERATOR_FORMAT, "arch": arch, "config": dict(model.config),
             "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
 
 # %% ../nbs/02_models.ipynb #975bf731
@@ -315,7 +318,11 @@ def _is_state_dict(obj: Any) -> bool:
 
 def _infer_generator(state: Mapping[str, torch.Tensor]) -> nn.Module:
     "Build the (untrained) generator whose architecture a bare state dict describes."
-    if "model.0.weight" in state and any(k.startswith("model.1.sub1.") for k in state): return ReleaseGenerator()
+    if "model.0.weight" in state and any(k.startswith("model.1.sub1.") for k in state):
+        nf = state["model.0.weight"].shape[0]
+        gc = state["model.1.sub1.0.RDB1.conv1.0.weight"].shape[0] if "model.1.sub1.0.RDB1.conv1.0.weight" in state else 32
+        n_blocks = len({k.split(".")[3] for k in state if k.startswith("model.1.sub1.")})
+        return ReleaseGenerator(n_blocks=n_blocks, nf=nf, gc=gc)
     if "head.weight" in state and "blocks.0.conv1.0.weight" in state:
         in_ch, nf = state["head.weight"].shape[1], state["head.weight"].shape[0]
         gc = state["blocks.0.conv1.0.weight"].shape[0]
@@ -342,12 +349,27 @@ def _load_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: st
     return model
 
 # %% ../nbs/02_models.ipynb #e44f38e3
-def load_generator(path_or_obj: str | Path | Mapping, map_location: Any = "cpu") -> nn.Module:
+def verify_sha256(path: str | Path, expected: str) -> None:
+    "ValueError unless the file's SHA-256 is `expected` (64 hex digits, any case); FileNotFoundError if it is missing."
+    path, expected = Path(path), str(expected).strip().lower()
+    if len(expected) != 64 or any(c not in "0123456789abcdef" for c in expected):
+        raise ValueError(f"expected SHA-256 {expected!r} is not 64 hex digits")
+    if not path.is_file(): raise FileNotFoundError(f"checkpoint not found: {path}")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ValueError(f"{path} has SHA-256 {actual}, expected {expected}: a different or corrupted file; not loaded")
+
+
+def load_generator(path_or_obj: str | Path | Mapping, map_location: Any = "cpu", sha256: str | None = None) -> nn.Module:
     "Load a generator (ours, a training checkpoint's, or the released G.pth) safely and strictly, in eval mode."
-    source = str(path_or_obj) if isinstance(path_or_obj, (str, Path)) else "checkpoint object"
-    obj = _torch_load_safely(Path(path_or_obj), map_location) if isinstance(path_or_obj, (str, Path)) else path_or_obj
+    is_file = isinstance(path_or_obj, (str, Path))
+    source = str(path_or_obj) if is_file else "checkpoint object"
+    if sha256 is not None:
+        if not is_file: raise ValueError("sha256= checks a file: pass the checkpoint's path, not a loaded object")
+        verify_sha256(path_or_obj, sha256)  # before unpickling anything from it
+    obj = _torch_load_safely(Path(path_or_obj), map_location) if is_file else path_or_obj
     if isinstance(obj, Mapping) and "generator" in obj and "format" not in obj: obj = obj["generator"]
-    if isinstance(obj, Mapping) and obj.get("format") == CHECKPOINT_FORMAT:
+    if isinstance(obj, Mapping) and obj.get("format") == GENERATOR_FORMAT:
         arch = obj.get("arch")
         if arch not in GENERATORS: raise ValueError(f"{source}: unknown generator arch {arch!r}; expected one of {sorted(GENERATORS)}")
         try:
@@ -361,7 +383,7 @@ def load_generator(path_or_obj: str | Path | Mapping, map_location: Any = "cpu")
     else:
         found = f"a dict with keys {list(obj)[:8]}" if isinstance(obj, Mapping) else f"a {type(obj).__name__}"
         raise ValueError(f"{source} is not a generator checkpoint: found {found}; expected a dict with "
-                         f"format={CHECKPOINT_FORMAT!r}, a training checkpoint with a 'generator' entry, "
+                         f"format={GENERATOR_FORMAT!r}, a training checkpoint with a 'generator' entry, "
                          "or a generator state dict (such as the released G.pth)")
     model = _load_strict(model, state, source)
     return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()

@@ -23,17 +23,25 @@ import torch.nn as nn
 import yaml
 from tqdm.auto import tqdm
 
-from .data import Pair, find_gopro_pairs, read_image, synthesize_gopro_blur, trajectory_kernel, write_text_atomic
+from .data import DATASET_SCALES, Pair, find_gopro_pairs, find_hide_pairs, find_realblur_pairs, read_image, synthesize_gopro_blur, tensor_to_image, trajectory_kernel
 from .inference import deblur_image
 from .metrics import PROTOCOL, compile_pays_off, evaluate_pairs, image_metrics
-from .models import count_parameters
+from .models import count_parameters, load_generator
+from .realism import RealismTest, bgan_blur_frames, gopro_resample_frames, kernel_blur_frames, realism_accuracy
+from .runs import TrainConfig, load_checkpoint
+from .train import train
+from .utils import (DEVICE_CHOICES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_quiet_option, markdown_table, report_error,
+                            sha256_file, write_atomically, write_csv_atomic, write_table, write_text_atomic)
 
 # %% auto #0
-__all__ = ['PUBLISHED_GOPRO', 'TABLE_COLUMNS', 'BLURRED_METHOD', 'TABLE_DIGITS', 'NOTEBOOK_NAME', 'find_repo_root',
-           'resolve_under', 'evaluate_model', 'published_label', 'table_row', 'build_table', 'table_markdown',
-           'write_table', 'save_figure', 'detailed_crop', 'qualitative_figure', 'bgan_samples', 'bgan_samples_figure',
-           'training_curves_figure', 'point_grid', 'synthesiser_figure', 'notebook_parameters', 'check_parameter_keys',
-           'default_notebook', 'reproduce_parameters', 'reproduce_cli']
+__all__ = ['MPRNET_TABLE', 'PUBLISHED_GOPRO', 'PUBLISHED_OTHER', 'TABLE_COLUMNS', 'BLURRED_METHOD', 'TABLE_DIGITS',
+           'REFERENCE_FORMAT', 'NOTEBOOK_NAME', 'find_repo_root', 'resolve_under', 'evaluate_model', 'published_label',
+           'table_row', 'build_table', 'table_markdown', 'write_gopro_table', 'save_figure', 'detailed_crop',
+           'qualitative_figure', 'bgan_samples', 'bgan_samples_figure', 'training_curves_figure', 'gain_curves_figure',
+           'point_grid', 'synthesiser_figure', 'claim_verdict', 'load_seed_study', 'export_reference_weights',
+           'load_reference_weights', 'notebook_parameters', 'check_parameter_keys', 'default_notebook',
+           'reproduce_parameters', 'experiment_data', 'experiment_configs', 'train_run', 'train_one_run',
+           'reproduce_cli']
 
 # %% ../nbs/10_reproduce_gopro.ipynb #01f148e8
 def find_repo_root(start: str | os.PathLike | None = None) -> Path | None:
@@ -52,13 +60,14 @@ def resolve_under(path: str | os.PathLike, root: str | os.PathLike) -> Path:
 
 # %% ../nbs/10_reproduce_gopro.ipynb #8df2fac3
 def evaluate_model(model: nn.Module, pairs: Sequence[Pair], device: torch.device | str = "cpu",
-                   tile: int | None = None, keep: Sequence[str] = (), desc: str = "model") -> tuple[pd.DataFrame, float, dict]:
-    "(per-image metrics, seconds per image of the forward pass, {name: restored image} for names in `keep`)."
+                   tile: int | None = None, keep: Sequence[str] = (), desc: str = "model",
+                   bf16: bool = False, progress: bool = True) -> tuple[pd.DataFrame, float, dict]:
+    "(per-image metrics, seconds per image of the forward pass, {name: restored image} for names in `keep`); fp32 unless bf16."
     rows, seconds, kept = [], 0.0, {}
-    for p in tqdm(pairs, desc=desc, unit="img"):
+    for p in tqdm(pairs, desc=desc, unit="img", disable=not progress):
         blur, sharp = read_image(p.blur), read_image(p.sharp)
         start = time.perf_counter()
-        restored = deblur_image(model, blur, tile=tile, device=device)
+        restored = deblur_image(model, blur, tile=tile, device=device, bf16=bf16)
         if torch.device(device).type == "cuda": torch.cuda.synchronize()
         seconds += time.perf_counter() - start
         compiled = compile_pays_off(len(pairs) * sharp.shape[0] * sharp.shape[1], "cpu")  # the metrics run on the CPU
@@ -67,75 +76,70 @@ def evaluate_model(model: nn.Module, pairs: Sequence[Pair], device: torch.device
     return pd.DataFrame(rows), seconds / max(len(pairs), 1), kept
 
 # %% ../nbs/10_reproduce_gopro.ipynb #4d26c26c
-PUBLISHED_GOPRO = (  # (method, PSNR dB, SSIM as printed) on the GoPro test set
-    ("DBGAN (Zhang et al. 2020, this paper)", 31.10, 0.942), ("Nah et al. 2017", 29.08, 0.914),
-    ("DeblurGAN (2018)", 28.70, 0.858), ("DeblurGAN-v2 (2019)", 29.55, 0.934), ("SRN (2018)", 30.26, 0.934),
-    ("DMPHN (2019)", 31.20, 0.940), ("MT-RNN (2020)", 31.15, 0.945), ("MPRNet (2021)", 32.66, 0.959),
-    ("Restormer (2022)", 32.92, 0.961), ("NAFNet-w64 (2022)", 33.71, 0.967))
-TABLE_COLUMNS = ["method", "data", "psnr", "ssim2d", "ssim_matlab", "ssim_published", "parameters", "sec_per_image"]
+MPRNET_TABLE = "as quoted in MPRNet (Zamir et al., CVPR 2021), Table 1"
+PUBLISHED_GOPRO = (  # (method, PSNR dB, SSIM as printed, where the numbers come from) on the GoPro test set
+    ("DBGAN (Zhang et al. 2020, this paper)", 31.10, 0.942, "this paper (Zhang et al., CVPR 2020)"),
+    ("Nah et al. 2017", 29.08, 0.914, MPRNET_TABLE),
+    ("DeblurGAN (2018)", 28.70, 0.858, MPRNET_TABLE + "; its own paper prints SSIM 0.958"),
+    ("DeblurGAN-v2 (2019)", 29.55, 0.934, MPRNET_TABLE), ("SRN (2018)", 30.26, 0.934, MPRNET_TABLE),
+    ("DMPHN (2019)", 31.20, 0.940, MPRNET_TABLE), ("MT-RNN (2020)", 31.15, 0.945, MPRNET_TABLE),
+    ("MPRNet (2021)", 32.66, 0.959, "MPRNet (Zamir et al., CVPR 2021), Table 1"),
+    ("Restormer (2022)", 32.92, 0.961, "Restormer (Zamir et al., CVPR 2022), Table 2"),
+    ("NAFNet-w64 (2022)", 33.69, 0.967, "NAFNet (Chen et al., ECCV 2022); its model zoo lists 33.71"))
+PUBLISHED_OTHER = {"hide": (28.94, 0.915), "realblur_j": (24.93, 0.745), "realblur_r": (33.78, 0.909)}  # DBGAN, as quoted later
+TABLE_COLUMNS = ["method", "data", "psnr", "psnr_std", "seeds", "gain", "ssim2d", "ssim_matlab", "ssim_published",
+                 "parameters", "sec_per_image", "source"]
 BLURRED_METHOD = "blurred input (no deblurring)"
 
 def published_label(same_data: bool) -> str:
     "The `data` entry of the published rows."
     return "published, GoPro test set" + ("" if same_data else " (different data)")
 
-def table_row(method: str, data: str, scores: pd.DataFrame, parameters: int | None = None,
-              sec_per_image: float | None = None) -> dict:
-    "One row of our results: mean of the per-image metrics in `scores`."
-    return {"method": method, "data": data, **{k: float(scores[k].mean()) for k in ("psnr", "ssim2d", "ssim_matlab")},
-            "ssim_published": np.nan, "parameters": np.nan if parameters is None else parameters,
-            "sec_per_image": np.nan if sec_per_image is None else sec_per_image}
+def table_row(method: str, data: str, scores: pd.DataFrame | Sequence[pd.DataFrame], parameters: int | None = None,
+              sec_per_image: float | None = None, blurred: float | None = None) -> dict:
+    "One row of ours: means of the per-image metrics; with one table per seed, the mean of the seeds' means and their std."
+    runs = [scores] if isinstance(scores, pd.DataFrame) else list(scores)
+    means = pd.DataFrame([{k: float(s[k].mean()) for k in ("psnr", "ssim2d", "ssim_matlab")} for s in runs])
+    psnr = float(means.psnr.mean())
+    return {"method": method, "data": data, **{k: float(means[k].mean()) for k in ("psnr", "ssim2d", "ssim_matlab")},
+            "psnr_std": float(means.psnr.std(ddof=1)) if len(runs) > 1 else np.nan, "seeds": len(runs),
+            "gain": psnr - blurred if blurred is not None else np.nan, "ssim_published": np.nan,
+            "parameters": np.nan if parameters is None else parameters,
+            "sec_per_image": np.nan if sec_per_image is None else sec_per_image, "source": ""}
 
 def build_table(blurred: dict, models: Sequence[dict], same_data: bool = False, published: bool = True) -> pd.DataFrame:
-    "Blurred-input row first, then our models in the given order, then the published GoPro rows."
+    "Blurred-input row first, then our models in the given order, then the published GoPro rows with their sources."
     if blurred.get("method") != BLURRED_METHOD:
         raise ValueError(f"the first row must be the blurred input (method {BLURRED_METHOD!r}), got {blurred.get('method')!r}")
     rows = [blurred, *models]
     if published:
-        rows += [{"method": m, "data": published_label(same_data), "psnr": p, "ssim2d": np.nan, "ssim_matlab": np.nan,
-                  "ssim_published": s, "parameters": np.nan, "sec_per_image": np.nan} for m, p, s in PUBLISHED_GOPRO]
+        rows += [{"method": m, "data": published_label(same_data), "psnr": p, "ssim_published": s, "source": where}
+                 for m, p, s, where in PUBLISHED_GOPRO]
     table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
-    table["parameters"] = table["parameters"].astype("Int64")  # integers, with <NA> where unknown
+    for column in ("parameters", "seeds"): table[column] = table[column].astype("Int64")  # integers, <NA> where unknown
     return table
 
 # %% ../nbs/10_reproduce_gopro.ipynb #15208913
-def _cell(value, digits: int) -> str:
-    "A table cell: blank for missing values, fixed digits for floats, thousands separators for integers."
-    if value is None or (not isinstance(value, str) and pd.isna(value)): return ""
-    if isinstance(value, (int, np.integer)): return f"{int(value):,}"
-    if isinstance(value, (float, np.floating)): return f"{value:.{digits}f}"
-    return str(value).replace("|", "/")
-
-TABLE_DIGITS = {"psnr": 2, "ssim2d": 3, "ssim_matlab": 3, "ssim_published": 3, "sec_per_image": 3}
+TABLE_DIGITS = {"psnr": 2, "psnr_std": 2, "gain": 2, "ssim2d": 3, "ssim_matlab": 3, "ssim_published": 3, "sec_per_image": 3}
 
 def table_markdown(table: pd.DataFrame, protocol: str = PROTOCOL, caption: str = "") -> str:
-    "GitHub Markdown of the table with the metric protocol (and an optional caption) under it."
-    lines = ["| " + " | ".join(table.columns) + " |", "|" + "|".join("---" for _ in table.columns) + "|"]
-    for _, row in table.iterrows():
-        lines.append("| " + " | ".join(_cell(row[c], TABLE_DIGITS.get(c, 2)) for c in table.columns) + " |")
-    return "\n".join(lines) + "\n\n" + (caption + "\n\n" if caption else "") + f"Protocol: {protocol}\n"
+    "GitHub Markdown of the table with an optional caption and the metric protocol under it."
+    return markdown_table(table, TABLE_DIGITS) + "\n" + (caption + "\n\n" if caption else "") + f"Protocol: {protocol}\n"
 
-def write_table(table: pd.DataFrame, folder: str | os.PathLike, stem: str = "gopro_table",
-                protocol: str = PROTOCOL, caption: str = "") -> tuple[Path, Path]:
-    "folder/stem.csv and folder/stem.md, each written atomically."
-    folder = Path(folder)
-    csv = write_text_atomic(folder / f"{stem}.csv", table.to_csv(index=False))
-    md = write_text_atomic(folder / f"{stem}.md", table_markdown(table, protocol, caption))
-    return csv, md
+def write_gopro_table(table: pd.DataFrame, folder: str | os.PathLike, stem: str = "gopro_table",
+                      protocol: str = PROTOCOL, caption: str = "") -> tuple[Path, Path]:
+    "folder/stem.csv and folder/stem.md (the table, the caption, the protocol), each written atomically."
+    footer = (caption + "\n\n" if caption else "") + f"Protocol: {protocol}"
+    return write_table(table, folder, stem, TABLE_DIGITS, footer=footer)
 
 # %% ../nbs/10_reproduce_gopro.ipynb #f9681c4f
-def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, dpi: int = 110) -> Path:
-    "Save `fig` as PNG through a temporary file, then close it."
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists(): tmp.unlink()
-        plt.close(fig)
-    return path
+def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, dpi: int = 110, show: bool = True) -> Path:
+    "Save `fig` as PNG through a temporary file (and show it in the notebook), then close it."
+    if show:
+        from IPython.display import display
+        display(fig)
+    try: return write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
+    finally: plt.close(fig)
 
 def detailed_crop(image: np.ndarray, size: int) -> tuple[int, int]:
     "(top, left) of the size x size window with the largest mean gradient magnitude (stride size/4)."
@@ -178,15 +182,17 @@ def bgan_samples(bgan: nn.Module, sharp: np.ndarray, n: int = 4, seed: int = 0) 
     x = torch.from_numpy(np.ascontiguousarray(sharp)).permute(2, 0, 1)[None].float().div(255).to(device)
     z = torch.randn(n, bgan.noise_dim, generator=torch.Generator().manual_seed(seed)).to(device)
     out = bgan.eval()(x.expand(n, -1, -1, -1).contiguous(), z)
-    return [(o.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy() for o in out]
+    return [tensor_to_image(o) for o in out]
 
-def bgan_samples_figure(sharp: np.ndarray, samples: Sequence[np.ndarray], real: Sequence[np.ndarray]) -> matplotlib.figure.Figure:
-    "Row: sharp patch, BGAN samples (z_1..z_n), then real blurred patches."
-    panels = [("sharp input", sharp)] + [(f"BGAN, z{i + 1}", s) for i, s in enumerate(samples)] + \
-             [(f"real blur {i + 1}", r) for i, r in enumerate(real)]
-    fig, axes = plt.subplots(1, len(panels), figsize=(1.9 * len(panels), 2.3), squeeze=False)
-    for ax, (title, image) in zip(axes[0], panels):
-        ax.imshow(image, interpolation="nearest"); ax.set_title(title, fontsize=8); ax.set_xticks([]); ax.set_yticks([])
+def bgan_samples_figure(sharp: np.ndarray, samples: dict[str, Sequence[np.ndarray]], real: np.ndarray) -> matplotlib.figure.Figure:
+    "One row per BGAN: the sharp patch, its samples (z_1..z_n), and the real blurred patch of the same place of the same frame."
+    n = max(len(s) for s in samples.values())
+    fig, axes = plt.subplots(len(samples), n + 2, figsize=(1.9 * (n + 2), 2.2 * len(samples)), squeeze=False)
+    for row, (name, images) in zip(axes, samples.items()):
+        panels = [("sharp input", sharp)] + [(f"{name}, z{i + 1}", s) for i, s in enumerate(images)] + [("real blur, same place", real)]
+        for ax, (title, image) in zip(row, panels):
+            ax.imshow(image, interpolation="nearest"); ax.set_title(title, fontsize=7)
+        for ax in row: ax.set_xticks([]); ax.set_yticks([])
     fig.tight_layout()
     return fig
 
@@ -214,6 +220,19 @@ def training_curves_figure(runs: dict[str, str | os.PathLike]) -> matplotlib.fig
     fig.tight_layout()
     return fig
 
+# %% ../nbs/10_reproduce_gopro.ipynb #3b415d8c
+def gain_curves_figure(curves: dict[str, pd.DataFrame]) -> matplotlib.figure.Figure:
+    "Validation PSNR gain over the blurred input (psnr - input_psnr of each val.csv) against training steps, one line per run."
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for name, val in curves.items():
+        ax.plot(val.step, val.psnr - val.input_psnr, marker="o", ms=2.5, lw=1.2, label=name,
+                ls="-" if name.startswith("reference") else "--")
+    ax.axhline(0, color="gray", lw=1, ls=":")
+    ax.set(xlabel="training step", ylabel="validation gain (dB)", title="DBGAN: PSNR gain over the blurred input")
+    if curves: ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
 # %% ../nbs/10_reproduce_gopro.ipynb #4aad1bc1
 def point_grid(shape: tuple[int, int] = (160, 160), spacing: int = 32) -> np.ndarray:
     "uint8 HxWx3 black image with single white pixels every `spacing` px (offset spacing/2)."
@@ -234,6 +253,74 @@ def synthesiser_figure(seed: int = 0, kernel_size: int = 31, n_kernels: int = 4)
     fig.tight_layout()
     return fig
 
+# %% ../nbs/10_reproduce_gopro.ipynb #84db5145
+def claim_verdict(label: str, bgan: Sequence[float], kernel: Sequence[float], bgan_frames: np.ndarray | None = None,
+                  kernel_frames: np.ndarray | None = None) -> str:
+    "One sentence: does BGAN-trained DBGAN beat kernel-trained DBGAN, by how much, with what spread (seeds, frames)?"
+    b, k = np.asarray(bgan, float), np.asarray(kernel, float)
+    if len(b) != len(k) or len(b) == 0: raise ValueError(f"need the same number of runs of each, got {len(b)} and {len(k)}")
+    difference = b - k
+    text = (f"{label}: BGAN-trained DBGAN {'beats' if difference.mean() > 0 else 'does not beat'} kernel-trained DBGAN, "
+            f"{b.mean():.2f} vs {k.mean():.2f} dB ({difference.mean():+.2f}")
+    text += f" +- {difference.std(ddof=1):.2f} dB over {len(b)} seeds)" if len(b) > 1 else " dB, one run)"
+    if bgan_frames is not None:
+        text += f", higher on {int((np.asarray(bgan_frames) > np.asarray(kernel_frames)).sum())} of {len(bgan_frames)} frames"
+    return text + "."
+
+
+def load_seed_study(path: str | os.PathLike) -> dict[str, list[float]] | None:
+    "Method -> per-seed PSNRs from a committed per_seed.csv (None if there is none)."
+    path = Path(path)
+    if not path.is_file(): return None
+    table = pd.read_csv(path)
+    return {method: group.sort_values("seed").psnr.tolist() for method, group in table.groupby("method")}
+
+# %% ../nbs/10_reproduce_gopro.ipynb #dea9a567
+REFERENCE_FORMAT = "dbgan-nb/reference-weights"
+
+
+def export_reference_weights(runs: dict[str, Path], dest: str | os.PathLike, data_path: Path, description: str) -> Path:
+    "Each run's generator (fp32), logs and config, and manifest.json with settings, timings, hardware and SHA-256s."
+    dest = Path(dest)
+    entries = {}
+    for name, run in runs.items():
+        ck = load_checkpoint(Path(run) / "last.pt")
+        generator = ck["generator"]
+        generator["state_dict"] = {k: v.float() for k, v in generator["state_dict"].items()}
+        write_atomically(dest / f"{name}.pt", lambda f, g=generator: torch.save(g, f))
+        for log in ("metrics.csv", "val.csv", "config.yaml"):
+            write_text_atomic(dest / "logs" / f"{name}_{log}", (Path(run) / log).read_text())
+        steps = pd.read_csv(Path(run) / "metrics.csv")
+        seconds = float(steps.sec_per_step.mean() * ck["step"])  # training steps only (validation not counted)
+        entries[name] = dict(file=f"{name}.pt", arch=generator["arch"], generator_config=generator["config"], steps=ck["step"],
+                             seed=ck["config"]["seed"], train_seconds=round(seconds, 1), config=ck["config"])
+    data_manifest = data_path / "manifest.json"
+    manifest = dict(format=REFERENCE_FORMAT, description=description, created=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                    hardware=dict(cpu=_cpu_name(), cores=os.cpu_count(), torch=torch.__version__,
+                                  device="cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)),
+                    dataset=dict(manifest_sha256=sha256_file(data_manifest) if data_manifest.is_file() else None),
+                    runs=entries, files={p.relative_to(dest).as_posix(): sha256_file(p) for p in sorted(dest.rglob("*"))
+                                         if p.is_file() and p.name != "manifest.json"})
+    return write_text_atomic(dest / "manifest.json", json.dumps(manifest, indent=1) + "\n")
+
+
+def _cpu_name() -> str:
+    "The CPU's model name from /proc/cpuinfo (Linux), else the platform's processor string."
+    try: return next(l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("model name"))
+    except (OSError, StopIteration): import platform; return platform.processor() or platform.machine()
+
+
+def load_reference_weights(folder: str | os.PathLike) -> dict | None:
+    "{'bgan': G, 'dbgan': {source: G}, 'manifest', 'description', 'logs'} from a weights folder (None without a manifest)."
+    folder = Path(folder)
+    if not (folder / "manifest.json").is_file(): return None
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if manifest.get("format") != REFERENCE_FORMAT: raise ValueError(f"{folder / 'manifest.json'} is not a {REFERENCE_FORMAT} manifest")
+    load = lambda name: load_generator(folder / manifest["runs"][name]["file"], sha256=manifest["files"][manifest["runs"][name]["file"]])
+    return dict(bgan=load("bgan") if "bgan" in manifest["runs"] else None, manifest=manifest, logs=folder / "logs",
+                dbgan={n.removeprefix("dbgan_"): load(n) for n in manifest["runs"] if n.startswith("dbgan_")},
+                description=manifest["description"])
+
 # %% ../nbs/10_reproduce_gopro.ipynb #8ea9e720
 def notebook_parameters(path: str | os.PathLike) -> dict:
     "Name -> default value of the assignments in the cell tagged 'parameters' of a notebook."
@@ -252,7 +339,7 @@ def check_parameter_keys(params: dict, allowed: dict | Sequence[str], where: str
     bad = sorted(k for k in params if k not in allowed)
     if bad: raise ValueError(f"{where}: unknown parameter(s) {', '.join(bad)}; the notebook accepts: {', '.join(sorted(allowed))}")
 
-# %% ../nbs/10_reproduce_gopro.ipynb #7e3462af
+# %% ../nbs/10_reproduce_gopro.ipynb #c3e76517
 NOTEBOOK_NAME = "10_reproduce_gopro.ipynb"
 
 def default_notebook() -> Path:
@@ -278,6 +365,61 @@ def reproduce_parameters(mode: str | None, params_file: str | os.PathLike | None
     if out is not None: params["out_dir"] = str(Path(out).absolute())
     return params
 
+# %% ../nbs/10_reproduce_gopro.ipynb #8b6a1c39
+def experiment_data(data_root: str | os.PathLike | None, repo_root: Path) -> tuple[Path, bool]:
+    "(data folder, whether it is the bundled dataset): data_root, or the bundled data ($DBGAN_DATA or <repo>/data/default, built on first use)."
+    if data_root is None:
+        from dbgan_nb.data import ensure_default_dataset
+        return Path(ensure_default_dataset(os.environ.get("DBGAN_DATA") or repo_root / "data" / "default")), True
+    data_path = resolve_under(data_root, repo_root)
+    return data_path, (data_path / "manifest.json").is_file()
+
+# %% ../nbs/10_reproduce_gopro.ipynb #9e791755
+def experiment_configs(p: dict, data_path: Path, out_path: Path) -> dict[str, tuple[str, TrainConfig]]:
+    "The experiment's runs by name ('bgan', then 'dbgan_<source>' per source) as (kind, TrainConfig), from the notebook's parameters."
+    shared = dict(data_root=str(data_path), real_blur_root=p["real_blur_root"], blur_key=p["blur_key"], nf=p["nf"], gc=p["gc"],
+                  d_nf=p["d_nf"], patch=p["patch"], batch=p["batch"], lr=p["lr"], lr_min=p["lr_min"], init_std=p["init_std"],
+                  d_init_std=p["d_init_std"], alpha=p["alpha"], beta=p["beta"], content_weight=p["content_weight"], seed=p["seed"],
+                  device=p["device"], threads=p["threads"], cpu_bf16=p["cpu_bf16"], val_every=p["val_every"],
+                  val_crop=p["val_crop"], val_max_images=p["val_max_images"], kernel_size=p["kernel_size"],
+                  checkpoint_minutes=p["checkpoint_minutes"], tensorboard=False)
+    def config(name: str, iterations: int, **settings) -> TrainConfig:
+        return TrainConfig(**shared, **settings, iterations=iterations, out=str(out_path / name),
+                           log_every=max(min(10, iterations // 10), 1), checkpoint_every=p["checkpoint_every"] or iterations)
+    runs = {"bgan": ("bgan", config("bgan", p["bgan_iterations"], n_blocks=p["bgan_blocks"], loss_kind=p["bgan_loss_kind"],
+                                    perceptual_weights=p["bgan_perceptual_weights"], perceptual_layer=p["bgan_perceptual_layer"],
+                                    lowpass_sigma=p["bgan_lowpass_sigma"]))}
+    for source in p["sources"]:
+        runs[f"dbgan_{source}"] = ("dbgan", config(
+            f"dbgan_{source}", p["dbgan_iterations"], source=source, arch=p["dbgan_arch"], n_blocks=p["dbgan_blocks"],
+            perceptual_weights=p["perceptual_weights"], perceptual_layer=p["perceptual_layer"], real_ratio=p["real_ratio"],
+            dead_leaves=0 if source == "real" else p["dead_leaves"],
+            bgan_checkpoint=str(out_path / "bgan" / "last.pt") if source == "bgan" else None))
+    return runs
+
+
+def train_run(kind: str, cfg: TrainConfig, reuse: bool = True, progress: bool = True) -> Path:
+    "Train (or, with reuse, continue or reuse) one run of the experiment; a run saved with other settings starts over."
+    try: return train(kind, cfg, resume=reuse, force=not reuse, progress=progress)
+    except ValueError as e:
+        if "cannot resume with different settings" not in str(e): raise
+        print(f"{cfg.out}: settings changed, training from scratch")
+        return train(kind, cfg, force=True, progress=progress)
+
+# %% ../nbs/10_reproduce_gopro.ipynb #7e3462af
+def train_one_run(name: str, params: dict, root: Path, progress: bool = True) -> int:
+    "Train run `name` of the experiment that `params` (the notebook's) describes; exit status."
+    if params.get("seeds"): return report_error("dbgan-reproduce", "--run trains one seed: drop seeds or set seed instead", EXIT_USAGE)
+    data_path, _ = experiment_data(params["data_root"], root)
+    runs = experiment_configs(params, data_path, resolve_under(params["out_dir"], root))
+    if name not in runs: return report_error("dbgan-reproduce", f"--run {name}: unknown run; the experiment has {', '.join(runs)}", EXIT_USAGE)
+    kind, cfg = runs[name]
+    if params["threads"]: torch.set_num_threads(params["threads"])
+    try: print(f"trained {train_run(kind, cfg, params['reuse_runs'], progress)}")
+    except (FileNotFoundError, ValueError) as e: return report_error("dbgan-reproduce", e, EXIT_USAGE)
+    return EXIT_OK
+
+
 def reproduce_cli(argv: Sequence[str] | None = None) -> int:
     "dbgan-reproduce [--mode quick|paper] [-f params.yaml] [--out runs/]: run the notebook with papermill, print the table."
     p = argparse.ArgumentParser(prog="dbgan-reproduce", description="Reproduce the GoPro table and figures by running "
@@ -287,24 +429,28 @@ def reproduce_cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", help="folder for the runs, the executed notebook and a copy of the table (default runs/reproduce)")
     p.add_argument("--notebook", help="notebook to run (default: the installed reproduction notebook)")
     p.add_argument("--kernel", default="python3", help="Jupyter kernel name (default python3)")
+    p.add_argument("--device", choices=DEVICE_CHOICES, help="where to train and evaluate (the notebook parameter device)")
+    p.add_argument("--run", metavar="NAME", help="only train this run of the experiment (bgan, dbgan_bgan, dbgan_kernel, "
+                   "dbgan_real), without the notebook; runs can then train side by side")
+    add_quiet_option(p)
     args = p.parse_args(argv)
     try:
         notebook = Path(args.notebook) if args.notebook else default_notebook()
         params = reproduce_parameters(args.mode, args.params_file, args.out, notebook_parameters(notebook))
+        if args.device: params["device"] = args.device
     except (FileNotFoundError, ValueError, yaml.YAMLError) as e:
-        print(f"dbgan-reproduce: error: {e}", file=sys.stderr)
-        return 2
+        return report_error("dbgan-reproduce", e, EXIT_USAGE)
     root = find_repo_root() or Path.cwd()
+    if args.run: return train_one_run(args.run, {**notebook_parameters(notebook), **params}, root, not args.quiet)
     out = resolve_under(params.get("out_dir", notebook_parameters(notebook)["out_dir"]), root)
     out.mkdir(parents=True, exist_ok=True)
     executed = out / f"reproduce_{params.get('mode', 'quick')}.ipynb"
     import papermill
     try:
         papermill.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name=args.kernel,
-                                   cwd=str(root), progress_bar=True)
+                                   cwd=str(root), progress_bar=not args.quiet)
     except papermill.PapermillExecutionError as e:
-        print(f"dbgan-reproduce: error: the notebook failed ({e.ename}: {e.evalue}); see {executed}", file=sys.stderr)
-        return 1
+        return report_error("dbgan-reproduce", f"the notebook failed ({e.ename}: {e.evalue}); see {executed}", EXIT_FAILED)
     print((out / "gopro_table.md").read_text())
     print(f"executed notebook: {executed}")
     return 0

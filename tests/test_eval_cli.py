@@ -210,11 +210,11 @@ def test_usage_and_setup_errors(gopro, tmp_path, capsys):
     assert exit_info.value.code == 2
     capsys.readouterr()
     code, out, err = run(["--gopro", tmp_path / "nowhere", "--pred", "blur"], capsys)
-    assert code == 1 and "nowhere" in err
+    assert code == 2 and "nowhere" in err
     code, out, err = run(["--gopro", root, "--pred", tmp_path / "no-such-pred"], capsys)
-    assert code == 1 and "no-such-pred" in err
+    assert code == 2 and "no-such-pred" in err
     code, out, err = run(["--gopro", root, "--pred", "blur", "--split", "train"], capsys)
-    assert code == 1 and "train" in err
+    assert code == 2 and "train" in err
 
 
 def test_progress_bar(gopro, capsys):
@@ -255,3 +255,52 @@ def test_compiled_flag_gives_the_reference_values(gopro, tmp_path, capsys, flag)
     if flag == "--compiled":  # the compiled path really ran: no recorded failure, and the shape is compiled
         assert not metrics._compile_failure and (1, 3, True) in metrics._compiled_shapes, metrics._compile_failure
     check_csv(csv, {n: reference_metrics(images[n]["restored"], images[n]["sharp"]) for n in NAMES})
+
+
+def test_hide_both_layouts(tmp_path, capsys):
+    "HIDE's own layout and the flat input/target one give the same GoPro-protocol numbers for the blurred inputs."
+    photos = {"a.png": skimage.data.astronaut()[100:148, 180:244], "b.png": skimage.data.coffee()[120:168, 200:264]}
+    native, flat = tmp_path / "HIDE", tmp_path / "HIDE_flat"
+    for (name, sharp), part in zip(photos.items(), ("test-close-ups", "test-long-shot")):
+        save_png(native / "test" / part / name, blurred(sharp, 1.5)); save_png(native / "GT" / name, sharp)
+        save_png(flat / "input" / name, blurred(sharp, 1.5)); save_png(flat / "target" / name, sharp)
+    expected = np.mean([reference_metrics(blurred(s, 1.5), s)[0] for s in photos.values()])
+    for root in (native, flat):
+        code, out, err = run(["--hide", root, "--pred", "blur", "--quiet"], capsys)
+        assert code == 0, err
+        assert f"2 images | PSNR {expected:.2f} dB" in out, out
+    (native / "GT" / "b.png").unlink()  # a blurred frame without its sharp partner is named
+    code, out, err = run(["--hide", native, "--pred", "blur", "--quiet"], capsys)
+    assert code == 1 and "test-long-shot/b.png" in err, err
+    code, out, err = run(["--hide", tmp_path / "missing", "--pred", "blur"], capsys)
+    assert code == 2 and "missing" in err
+
+
+def test_realblur_protocol_and_layout(tmp_path, capsys):
+    "RealBlur's scene layout with its test list; scores are the RealBlur protocol's; a missing listed file is named."
+    scene_root = "RealBlur-J_ECC_IMCORR_centroid_itensity_ref"
+    root, lines, expected = tmp_path / "RealBlur", [], []
+    for k, sharp in enumerate([skimage.data.astronaut()[100:196, 150:278], skimage.data.coffee()[100:196, 200:328]]):
+        blur = blurred(sharp, 1.2)
+        save_png(root / scene_root / f"scene00{k}" / "gt" / "gt_1.png", sharp)
+        save_png(root / scene_root / f"scene00{k}" / "blur" / "blur_1.png", blur)
+        lines.append(f"{scene_root}/scene00{k}/gt/gt_1.png {scene_root}/scene00{k}/blur/blur_1.png")
+        expected.append(metrics.realblur_metrics(blur, sharp))
+    (root / "RealBlur_J_test_list.txt").write_text("\n".join(lines) + "\n")
+    csv = tmp_path / "rb.csv"
+    code, out, err = run(["--realblur", root, "--subset", "J", "--pred", "blur", "--csv", csv, "--quiet"], capsys)
+    assert code == 0, err
+    table = pd.read_csv(csv)
+    assert list(table.columns) == ["name", "psnr", "ssim"] and table.name.tolist() == ["scene000/blur_1.png", "scene001/blur_1.png"]
+    np.testing.assert_allclose(table[["psnr", "ssim"]].to_numpy(), np.array(expected), atol=1e-9)
+    assert "RealBlur protocol" in out and f"PSNR {np.mean([e[0] for e in expected]):.2f} dB" in out
+    # predictions named by scene, flat
+    preds = tmp_path / "pred"
+    for k in range(2): save_png(preds / f"scene00{k}_blur_1.png", blurred(np.asarray(Image.open(root / scene_root / f"scene00{k}" / "gt" / "gt_1.png")), 1.2))
+    assert run(["--realblur", root, "--subset", "J", "--pred", preds, "--quiet"], capsys)[0] == 0
+    with open(root / "RealBlur_J_test_list.txt", "a") as f: f.write(f"{scene_root}/scene009/gt/gt_1.png {scene_root}/scene009/blur/blur_1.png\n")
+    code, out, err = run(["--realblur", root, "--subset", "J", "--pred", "blur"], capsys)
+    assert code == 1 and "scene009/gt/gt_1.png" in err, err
+    with pytest.raises(SystemExit) as usage:
+        eval_cli(["--realblur", str(root), "--pred", "blur"])  # --subset missing
+    assert usage.value.code == 2

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from dbgan_nb.train import TrainConfig, small_config
+from dbgan_nb.runs import TrainConfig, small_config
 
 PARAMS = Path(__file__).resolve().parent.parent / "params"
 

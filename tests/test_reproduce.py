@@ -18,12 +18,12 @@ def defaults() -> dict:
     return notebook_parameters(NOTEBOOK)
 
 
-@pytest.mark.parametrize("name", ["quick.yaml", "paper.yaml"])
+@pytest.mark.parametrize("name", ["quick.yaml", "paper.yaml", "reference.yaml", "seeds.yaml"])
 def test_params_files_only_use_notebook_parameters(name, defaults):
     params = yaml.safe_load((REPO / "params" / name).read_text())
     assert isinstance(params, dict) and params
     assert set(params) <= set(defaults), f"keys not in the parameters cell: {sorted(set(params) - set(defaults))}"
-    assert params["mode"] == name.split(".")[0]
+    assert params["mode"] == {"paper.yaml": "paper"}.get(name, "quick")
 
 
 def test_quick_yaml_repeats_the_notebook_defaults(defaults):
@@ -35,6 +35,9 @@ def test_paper_yaml_has_the_paper_hyper_parameters():
     # design.md section 1: 9 / 16 RDBs of 64 channels, batch 4, 128 px, lr 1e-4, alpha 0.005, beta 0.01, ImageNet VGG
     assert (p["bgan_blocks"], p["dbgan_blocks"], p["nf"], p["batch"], p["patch"]) == (9, 16, 64, 4, 128)
     assert (p["lr"], p["alpha"], p["beta"], p["blur_key"], p["perceptual_weights"]) == (1e-4, 0.005, 0.01, "blur", "imagenet")
+    # the released topology, evaluation in float32, checkpoints that lose minutes, not days
+    assert (p["dbgan_arch"], p["eval_bf16"], p["checkpoint_minutes"]) == ("rrdb", False, 10)
+    assert p["bgan_lowpass_sigma"] is None and p["bgan_loss_kind"] == "ls"  # the paper's BGAN objective
 
 
 def test_table_puts_blurred_input_first_and_labels_published_rows():

@@ -1,4 +1,4 @@
-"environment.yml and settings.ini must ask for the same packages."
+"environment.yml and settings.ini must ask for the same packages (runtime, dev and the export extra)."
 from configparser import ConfigParser
 from pathlib import Path
 
@@ -11,7 +11,7 @@ def settings_requirements() -> set[str]:
     cfg = ConfigParser(delimiters=["="])
     cfg.read(ROOT / "settings.ini")
     d = cfg["DEFAULT"]
-    return set(d["requirements"].split()) | set(d["dev_requirements"].split())
+    return set(d["requirements"].split()) | set(d["dev_requirements"].split()) | set(d["export_requirements"].split())
 
 
 def environment_requirements() -> set[str]:

@@ -22,9 +22,33 @@ from skimage import io as skio
 from skimage.transform import resize
 
 from dbgan_nb.models import load_generator
-from dbgan_nb.train import TrainConfig, train_cli
+from dbgan_nb.runs import TrainConfig
+from dbgan_nb.train import train_cli
 
-LAUNCHER = "import sys\nfrom dbgan_nb.train import train_cli\nsys.exit(train_cli(sys.argv[1:]))\n"
+# The trainer reads no environment variables; this launcher turns two of its own into TrainHooks callbacks:
+# TEST_PAUSE_AFTER_STEP=k waits after step k (marker file out/.paused) until a signal arrives, and
+# TEST_NAN_AT=step:network:term turns that loss term (and the total) into NaN.
+LAUNCHER = """
+import os, sys, time
+from dbgan_nb.train import TrainHooks, train_cli
+
+def pause(trainer, step, stop):
+    if os.environ.get("TEST_PAUSE_AFTER_STEP") != str(step): return
+    (trainer.out / ".paused").write_text(str(step))
+    while not stop.requested: time.sleep(0.02)
+
+def poison(terms, step, network):
+    spec = os.environ.get("TEST_NAN_AT", "")
+    if not spec: return terms
+    k, net, term = spec.split(":")
+    if int(k) != step or net != network: return terms
+    terms = dict(terms)
+    terms[term] = terms[term] * float("nan")
+    if term != "total": terms["total"] = terms["total"] + terms[term]
+    return terms
+
+sys.exit(train_cli(sys.argv[1:], hooks=TrainHooks(on_losses=poison, after_step=pause)))
+"""
 TIME_COLUMNS = ["sec_per_step"]
 # Tiny models gain nothing from threads, and OpenMP threads that spin-wait on a busy 2-core machine make each step
 # 50x slower: every trainer process here uses one thread.
@@ -146,7 +170,7 @@ def test_sigkill_then_resume_is_bit_exact(work, reference_dbgan):
     d = {**d, "out": str(work / "dbgan_killed")}
     cfg = write_config(work, "dbgan_killed", d)
     # the test hook makes the trainer wait after step 4 (checkpoint at 3, rows up to 4 written) until we kill it
-    proc = start(work, "dbgan", "--config", str(cfg), env={"DBGAN_TEST_PAUSE_AFTER_STEP": "4"})
+    proc = start(work, "dbgan", "--config", str(cfg), env={"TEST_PAUSE_AFTER_STEP": "4"})
     wait_for(work / "dbgan_killed" / ".paused", proc)
     proc.send_signal(signal.SIGKILL); proc.wait(timeout=30)
     run = work / "dbgan_killed"
@@ -168,7 +192,7 @@ def test_signal_finishes_step_saves_and_exits_zero(work, reference_dbgan, sig):
     d, ref = reference_dbgan
     name = f"dbgan_{signal.Signals(sig).name}"
     cfg = write_config(work, name, {**d, "out": str(work / name), "checkpoint_every": 100})
-    proc = start(work, "dbgan", "--config", str(cfg), env={"DBGAN_TEST_PAUSE_AFTER_STEP": "2"})
+    proc = start(work, "dbgan", "--config", str(cfg), env={"TEST_PAUSE_AFTER_STEP": "2"})
     wait_for(work / name / ".paused", proc)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -184,7 +208,7 @@ def test_signal_finishes_step_saves_and_exits_zero(work, reference_dbgan, sig):
 def test_nan_loss_stops_with_named_step_and_term(work, reference_dbgan):
     d, _ = reference_dbgan
     cfg = write_config(work, "dbgan_nan", {**d, "out": str(work / "dbgan_nan")})
-    r = cli(work, "dbgan", "--config", str(cfg), env={"DBGAN_TEST_NAN_AT": "5:generator:perceptual"})
+    r = cli(work, "dbgan", "--config", str(cfg), env={"TEST_NAN_AT": "5:generator:perceptual"})
     assert r.returncode == 1
     assert "non-finite generator loss at step 5: term 'perceptual' = nan" in r.stderr, r.stderr
     assert "last good checkpoint" in r.stderr and "(step 3)" in r.stderr
@@ -193,18 +217,18 @@ def test_nan_loss_stops_with_named_step_and_term(work, reference_dbgan):
     assert all(torch.isfinite(v).all() for v in ck["generator"]["state_dict"].values())
     assert load_generator(work / "dbgan_nan" / "last.pt") is not None
     assert pd.read_csv(work / "dbgan_nan" / "metrics.csv")["step"].tolist() == [1, 2, 3, 4]
-    r = cli(work, "dbgan", "--config", str(cfg), env={"DBGAN_TEST_NAN_AT": "2:discriminator:total"}, timeout=60)
-    assert r.returncode == 1 and "already holds" in r.stderr  # and the failed run is not silently overwritten
+    r = cli(work, "dbgan", "--config", str(cfg), env={"TEST_NAN_AT": "2:discriminator:total"}, timeout=60)
+    assert r.returncode == 2 and "already holds" in r.stderr  # and the failed run is not silently overwritten
 
 
 def test_existing_run_is_refused_unless_resume_or_force(work, bgan_run, capsys):
     cfg = work / "bgan_run" / "config.yaml"
-    assert train_cli(["bgan", "--config", str(cfg)]) == 1
+    assert train_cli(["bgan", "--config", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "already holds a bgan run" in err and "--resume" in err and "--force" in err
-    assert train_cli(["dbgan", "--config", str(cfg), "--resume", "--set", "source=real"]) == 1
+    assert train_cli(["dbgan", "--config", str(cfg), "--resume", "--set", "source=real"]) == 2
     assert "holds a bgan run" in capsys.readouterr().err
-    assert train_cli(["bgan", "--config", str(cfg), "--resume", "--set", "lr=0.5"]) == 1
+    assert train_cli(["bgan", "--config", str(cfg), "--resume", "--set", "lr=0.5"]) == 2
     assert "cannot resume with different settings: lr (saved 0.001, now 0.5)" in capsys.readouterr().err
     assert train_cli(["bgan", "--config", str(cfg), "--resume"]) == 0        # already finished: nothing to do
     assert "nothing to do" in capsys.readouterr().out
@@ -212,7 +236,7 @@ def test_existing_run_is_refused_unless_resume_or_force(work, bgan_run, capsys):
     shutil.copytree(bgan_run, copy)
     assert train_cli(["bgan", "--config", str(cfg), "--set", f"out={copy}", "iterations=2", "--force"]) == 0
     assert pd.read_csv(copy / "metrics.csv")["step"].tolist() == [1, 2]
-    assert train_cli(["bgan", "--config", str(cfg), "--set", "lrr=1"]) == 1
+    assert train_cli(["bgan", "--config", str(cfg), "--set", "lrr=1"]) == 2
     assert "unknown config key(s) 'lrr' (did you mean 'lr'?)" in capsys.readouterr().err
 
 
@@ -252,3 +276,39 @@ def test_two_processes_match_one(work, bgan_run):
     np.testing.assert_allclose(two[losses].to_numpy(), one[losses].to_numpy(), rtol=1e-2)
     snapshots = [f"step_{k:07d}.pt" for k in range(1, 5)]
     assert sorted(p.name for p in (work / "ddp2").iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.csv", *snapshots, "val.csv"]
+
+
+def paper_mode(work: Path, out: str) -> list[str]:
+    "dbgan-train arguments for the paper's DBGAN (TrainConfig defaults: arch rrdb as in paper mode), shrunk to run in seconds."
+    return ["dbgan", "--out", str(work / out), "--device", "cpu", "--quiet", "--set", f"data_root={work / 'data'}",
+            "val_sequences=1", "source=real", "arch=rrdb", "n_blocks=1", "nf=8", "gc=4", "d_nf=8", "patch=32", "batch=2",
+            "iterations=6", "perceptual_weights=random", "perceptual_layer=conv1_2", "val_every=100", "val_crop=32",
+            "checkpoint_every=1000", "checkpoint_minutes=1e-9", "threads=1", "tensorboard=false"]
+
+
+def test_killed_paper_run_resumes_from_previous_when_last_is_truncated(work, tmp_path):
+    """A long run loses minutes, not days: checkpoints by time as well as by step, the previous one kept beside the
+    newest, and --resume falling back to it (naming both files) when the newest is unreadable."""
+    ref = cli(work, *paper_mode(work, "paper_ref"))
+    assert ref.returncode == 0, ref.stderr
+    proc = start(work, *paper_mode(work, "paper_killed"), env={"TEST_PAUSE_AFTER_STEP": "4"})
+    run = work / "paper_killed"
+    wait_for(run / ".paused", proc)
+    proc.send_signal(signal.SIGKILL); proc.wait(timeout=30)
+    # checkpoint_minutes ~ 0: a checkpoint after every step although checkpoint_every is 1000 (the pause comes before
+    # step 4's checkpoint, so the newest is step 3's)
+    assert (load(run / "last.pt")["step"], load(run / "previous.pt")["step"]) == (3, 2)
+    (run / "last.pt").write_bytes((run / "last.pt").read_bytes()[:1000])  # a truncated copy of the newest checkpoint
+    r = cli(work, *paper_mode(work, "paper_killed"), "--resume")
+    assert r.returncode == 0, r.stderr
+    assert f"{run / 'last.pt'}" in r.stderr and f"{run / 'previous.pt'}" in r.stderr and "step 2" in r.stderr, r.stderr
+    assert "resuming" in r.stderr and "from step 2 (previous.pt)" in r.stderr, r.stderr
+    assert_same_run(work / "paper_ref", run)
+    # the released topology, trained: dbgan-deblur loads the checkpoint
+    from dbgan_nb.inference import deblur_cli
+    photo = (resize(skdata.astronaut()[:64, :64], (40, 48), anti_aliasing=True) * 255).round().astype(np.uint8)
+    _save_png(tmp_path / "in" / "photo.png", photo)
+    assert deblur_cli([str(tmp_path / "in"), "--out", str(tmp_path / "out"), "--weights", str(run / "last.pt"), "--quiet",
+                       "--device", "cpu"]) == 0
+    assert skio.imread(tmp_path / "out" / "photo.png").shape == (40, 48, 3)
+    assert type(load_generator(run / "last.pt")).__name__ == "ReleaseGenerator"

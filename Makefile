@@ -48,6 +48,20 @@ GPU_PYTHON ?= python3
 gpu-check:
 	PYTHONPATH=. $(GPU_PYTHON) -c "import sys; from dbgan_nb.gpu_check import gpu_check_cli; sys.exit(gpu_check_cli())"
 
+# The chapters executed (CPU, quick settings: the reproduction reuses runs/reproduce) and rendered to HTML in _docs/,
+# index.html first. MATHJAX_URL=file:///path/MathJax.js?config=TeX-AMS_CHTML-full renders equations offline.
+DOCS ?= _docs
+MATHJAX_URL ?=
+docs: setup
+	@mkdir -p $(DOCS)
+	@for nb in nbs/index.ipynb nbs/[0-9]*.ipynb; do \
+	  echo "executing and rendering $$nb"; \
+	  $(BIN)/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.kernel_name=python3 \
+	    $(if $(MATHJAX_URL),--HTMLExporter.mathjax_url="$(MATHJAX_URL)") --output-dir $(DOCS) $$nb --log-level=WARN || exit 1; \
+	done
+	@sed -i 's/\(href="[^"#]*\)\.ipynb\(#[^"]*\)\?"/\1.html\2"/g' $(DOCS)/*.html  # chapter links point at the pages
+	@echo "wrote $(DOCS)/index.html and $$(ls $(DOCS)/*.html | wc -l) pages"
+
 data: setup
 	$(BIN)/dbgan-make-data --out $(DATA)
 

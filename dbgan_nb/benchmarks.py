@@ -15,6 +15,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -25,21 +26,23 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from .losses import BGANLoss, DBGANLoss
 from torch.utils.flop_counter import FlopCounterMode
 
+from .data import write_image
 from .models import (BGANGenerator, DBGANGenerator, ReleaseGenerator, VGGDiscriminator, count_macs,
-                             native_bf16, set_dense_path)
+                             init_normal_, native_bf16, set_dense_path)
+from .runs import SMALL_CONFIG
 from .utils import (EXIT_USAGE, add_device_option, add_quiet_option, device_from_args, markdown_table, peak_memory_mb,
                             report_error,
                             pick_device, write_csv_atomic, write_text_atomic)
 
 # %% auto #0
-__all__ = ['GENERATOR_CONFIGS', 'BASELINE', 'CHANNELS_LAST', 'OPTIMISED', 'TRAIN_CONFIGS', 'TABLE_COLUMNS', 'synchronize',
-           'Timing', 'measure', 'compute_dtype', 'matmul_gflops', 'conv_gflops', 'build_generator', 'InferenceVariant',
-           'inference_variants', 'prepare_forward', 'gflops', 'bench_inference', 'make_train_step', 'bench_train',
-           'skimage_ssim2d', 'skimage_ssim_matlab', 'test_pair', 'bench_metrics', 'tiled_probe', 'bench_tiled',
-           'environment', 'write_results', 'run_benchmarks', 'parse_bench_args', 'bench_cli']
+__all__ = ['GENERATOR_CONFIGS', 'BASELINE', 'CHANNELS_LAST', 'OPTIMISED', 'TRAIN_CONFIGS', 'TRAIN_VARIANTS', 'TABLE_COLUMNS',
+           'synchronize', 'Timing', 'measure', 'compute_dtype', 'matmul_gflops', 'conv_gflops', 'build_generator',
+           'InferenceVariant', 'inference_variants', 'prepare_forward', 'gflops', 'bench_inference',
+           'bench_deblur_precision', 'write_step_data', 'make_trainer', 'bench_train', 'skimage_ssim2d',
+           'skimage_ssim_matlab', 'test_pair', 'bench_metrics', 'tiled_probe', 'bench_tiled', 'environment',
+           'write_results', 'run_benchmarks', 'parse_bench_args', 'bench_cli']
 
 # %% ../nbs/20_benchmarks.ipynb #1797229e
 def synchronize(device: torch.device | str) -> None:
@@ -91,7 +94,7 @@ def conv_gflops(channels: int = 64, size: int = 256, device: torch.device | str 
 
 # %% ../nbs/20_benchmarks.ipynb #bc5a7ff3
 GENERATOR_CONFIGS: dict[str, tuple[type[nn.Module], dict]] = {
-    "small": (DBGANGenerator, dict(n_blocks=4, nf=32, gc=16)),
+    "small": (DBGANGenerator, {k: SMALL_CONFIG["common"][k] for k in ("n_blocks", "nf", "gc")}),  # the small configuration's
     "paper": (DBGANGenerator, dict(n_blocks=16, nf=64, gc=32)),
     "release": (ReleaseGenerator, {}),
 }
@@ -173,79 +176,84 @@ def bench_inference(config: str, height: int, width: int, device: torch.device |
         del forward, output
     return rows
 
+# %% ../nbs/20_benchmarks.ipynb #ecacb71c
+def bench_deblur_precision(config: str, height: int, width: int, device: torch.device | str = "cpu", band: int | None = None,
+                           repeats: int = 3, budget: float = 30.0, seed: int = 0) -> list[dict]:
+    "deblur_image's default precision against bf16=False on one image (or a band of it): seconds, speed-up, largest level difference."
+    from dbgan_nb.inference import deblur_image
+    device, rows_measured = torch.device(device), min(height, band) if band else height
+    model = init_normal_(build_generator(config, seed), 0.02)  # weights large enough that rounding shows in the output
+    image = np.random.default_rng(seed).integers(0, 256, (rows_measured, width, 3), dtype=np.uint8)
+    rows, outputs = [], {}
+    for name, bf16 in (("fp32 (--fp32)", False), (f"default ({'bf16' if native_bf16(device) else 'fp32'})", None)):
+        outputs[name] = deblur_image(model, image, device=device, bf16=bf16)
+        timing = measure(lambda: deblur_image(model, image, device=device, bf16=bf16), device, repeats, budget)
+        rows.append(dict(section="deblur_image precision", config=config, shape=f"{height}x{width}",
+                         measured=f"{rows_measured}x{width}", variant=name, seconds=timing.median * height / rows_measured,
+                         runs=len(timing.times)))
+    first = outputs["fp32 (--fp32)"].astype(int)
+    for row, out in zip(rows, outputs.values()):
+        row.update(speedup=rows[0]["seconds"] / row["seconds"], max_abs_diff=float(np.abs(out.astype(int) - first).max()))
+    return rows
+
 # %% ../nbs/20_benchmarks.ipynb #00c4bede
-TRAIN_CONFIGS: dict[str, dict] = {"tiny": dict(nf=8, gc=4, d_nf=8, blocks=1),  # smoke tests only
-                                  "small": dict(nf=32, gc=16, d_nf=32, blocks=4),
-                                  "paper": dict(nf=64, gc=32, d_nf=64, blocks=None)}  # None: 9 (BGAN) or 16 (DBGAN)
+TRAIN_CONFIGS: dict[str, dict] = {"tiny": dict(nf=8, gc=4, d_nf=8, n_blocks=1),  # smoke tests only
+                                  "small": {k: SMALL_CONFIG["common"][k] for k in ("nf", "gc", "d_nf", "n_blocks")},
+                                  "paper": dict(nf=64, gc=32, d_nf=64, n_blocks=None)}  # None: 9 (BGAN) or 16 (DBGAN)
+TRAIN_VARIANTS = {"eager NCHW (baseline)": dict(channels_last=False), "channels_last (trainer default)": dict(channels_last=True),
+                  "channels_last + bf16 autocast": dict(channels_last=True, cpu_bf16=True)}
 
-def _fused_adam_supported(device: torch.device) -> bool:
-    "Fused Adam exists for CUDA, and for the CPU since PyTorch 2.4."
-    major, minor = (int(p) for p in torch.__version__.split(".")[:2])
-    return device.type == "cuda" or (major, minor) >= (2, 4)
 
-def make_train_step(kind: str, config: str, optimised: bool, patch: int = 128, batch: int = 4,
-                    device: torch.device | str = "cpu", seed: int = 0, bf16: bool | None = None) -> tuple[Callable[[], dict], nn.Module]:
-    "A closure running one BGAN or DBGAN training step (G then D) on fixed random data; also returns G."
-    if kind not in ("bgan", "dbgan"): raise ValueError(f"kind must be 'bgan' or 'dbgan', got {kind!r}")
+def write_step_data(root: Path, size: int, seed: int = 0) -> Path:
+    "A GoPro-layout folder of smooth random images (3 train sequences x 2 pairs, 1 held out, 2 real blurred) of size^2."
+    from scipy.ndimage import gaussian_filter
+    rng = np.random.default_rng(seed)
+    image = lambda: np.clip(gaussian_filter(rng.uniform(0, 255, (size, size, 3)), (2, 2, 0)) * 4 - 384, 0, 255).astype(np.uint8)
+    for seq in ("A", "B", "C"):
+        for k in range(2):
+            write_image(root / "train" / f"SEQ_{seq}" / "sharp" / f"{k:06d}.png", image())
+            write_image(root / "train" / f"SEQ_{seq}" / "blur" / f"{k:06d}.png", image())
+    for k in range(2): write_image(root / "real_blur" / f"{k}.png", image())
+    return root
+
+
+def make_trainer(kind: str, config: str, variant: str, root: Path, out: Path, patch: int = 128, batch: int = 4,
+                 device: torch.device | str = "cpu", seed: int = 0):
+    "A BGAN or DBGAN trainer (the training chapter's) of a named size and variant, on the data in `root`."
+    from dbgan_nb.runs import DistInfo, TrainConfig
+    from dbgan_nb.train import TRAINERS
+    if kind not in TRAINERS: raise ValueError(f"kind must be 'bgan' or 'dbgan', got {kind!r}")
     if config not in TRAIN_CONFIGS: raise ValueError(f"unknown config {config!r}; expected one of {sorted(TRAIN_CONFIGS)}")
-    device, cfg = torch.device(device), TRAIN_CONFIGS[config]
-    fmt = torch.channels_last if optimised else torch.contiguous_format
-    torch.manual_seed(seed)
-    n_blocks = cfg["blocks"] or (9 if kind == "bgan" else 16)
-    g_cls = BGANGenerator if kind == "bgan" else DBGANGenerator
-    G = g_cls(n_blocks=n_blocks, nf=cfg["nf"], gc=cfg["gc"]).to(device, memory_format=fmt).train()
-    D = VGGDiscriminator(patch=patch, nf=cfg["d_nf"]).to(device, memory_format=fmt).train()
-    loss = BGANLoss(None) if kind == "bgan" else DBGANLoss(None)
-    fused = dict(fused=True) if optimised and _fused_adam_supported(device) else {}
-    opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=1e-4, **fused) for m in (G, D))
-    data = torch.Generator().manual_seed(seed)
-    sharp, blur = (torch.rand(batch, 3, patch, patch, generator=data).to(device).contiguous(memory_format=fmt) for _ in range(2))
-    z = torch.randn(batch, 4, generator=data).to(device)
-    # BGAN: sharp -> fake blur, judged against real blur. DBGAN: blur -> restored, judged against sharp.
-    source, real = (sharp, blur) if kind == "bgan" else (blur, sharp)
-    if bf16 is None: bf16 = optimised and device.type == "cuda"  # the trainers' default: bf16 autocast on CUDA only
-    autocast = (lambda: torch.autocast(device.type, torch.bfloat16)) if bf16 else contextlib.nullcontext
-
-    def step() -> dict:
-        D.requires_grad_(False)
-        with autocast():
-            fake = G(source, z) if kind == "bgan" else G(source)
-            if optimised:
-                with torch.no_grad(): c_real = D(real)
-            else:
-                c_real = D(real).detach()
-            c_fake = D(fake)
-            g_loss = (loss.generator(source, fake, c_real, c_fake) if kind == "bgan"
-                      else loss.generator(fake, real, c_real, c_fake))["total"]
-        opt_g.zero_grad(set_to_none=True); g_loss.float().backward(); opt_g.step()
-        D.requires_grad_(True)
-        with autocast():
-            d_loss = loss.discriminator(D(real), D(fake.detach()))
-        opt_d.zero_grad(set_to_none=True); d_loss.float().backward(); opt_d.step()
-        return dict(g_loss=g_loss.detach(), d_loss=d_loss.detach())
-    return step, G
+    device = torch.device(device)
+    cfg = TrainConfig(data_root=str(root), val_sequences=1, source="real", perceptual_weights=None, patch=patch, batch=batch,
+                      lowpass_sigma=3.0 if kind == "bgan" else None,  # BGAN keeps a content term (quick mode's low-pass one)
+                      seed=seed, device=str(device), amp=True, tensorboard=False, val_max_images=1, **TRAIN_CONFIGS[config],
+                      **TRAIN_VARIANTS[variant])
+    return TRAINERS[kind](cfg, DistInfo(), device, out, root)
 
 # %% ../nbs/20_benchmarks.ipynb #44bd2358
 def bench_train(kind: str, config: str, device: torch.device | str = "cpu", patch: int = 128, batch: int = 4,
                 repeats: int = 3, budget: float = 60.0, peak_gflops: float | None = None) -> list[dict]:
-    "Median seconds per training step, eager NCHW baseline vs optimised (and + bf16 autocast on a CPU with native bf16)."
-    rows, results = [], {}
-    variants = [("eager NCHW (baseline)", False, None), ("optimised", True, None)]
-    if torch.device(device).type == "cpu" and native_bf16(device): variants.append(("optimised + bf16 autocast", True, True))
-    for name, optimised, bf16 in variants:
-        step, _ = make_train_step(kind, config, optimised, patch, batch, device, bf16=bf16)
-        counter = FlopCounterMode(display=False)  # forward and backward FLOPs of every conv and matmul
-        with counter: first = step()  # the first step is the warm-up, and both variants take it from the same state
-        timing = measure(step, device, repeats, budget)
-        results[name] = (timing, first)
-        base, base_losses = results[variants[0][0]]
-        rate = counter.get_total_flops() / timing.median / 1e9
-        rows.append(dict(section="train step", config=f"{kind} {config}", shape=f"{batch}x3x{patch}x{patch}",
-                         measured=f"{batch}x{patch}x{patch}", variant=name,
-                         seconds=timing.median, runs=len(timing.times), gmacs=counter.get_total_flops() / 2e9, gflops=rate,
-                         fraction_of_peak=rate / peak_gflops if peak_gflops else None, speedup=base.median / timing.median,
-                         max_abs_diff=max(abs(first[k].item() - base_losses[k].item()) for k in first)))
-        del step
+    "Median seconds of the trainer's own step per variant (baseline, channels_last, and bf16 where native), FLOPs counted."
+    device = torch.device(device)
+    variants = list(TRAIN_VARIANTS)[: 3 if native_bf16(device) else 2]
+    rows, base = [], None
+    with tempfile.TemporaryDirectory() as d:
+        root = write_step_data(Path(d) / "data", patch + 32)
+        for name in variants:
+            trainer = make_trainer(kind, config, name, root, Path(d) / "out", patch, batch, device)
+            counter, step = FlopCounterMode(display=False), iter(range(1, 10**6))
+            with counter: first = trainer.train_step(next(step))  # the warm-up, from the same state in every variant
+            timing = measure(lambda: trainer.train_step(next(step)), device, repeats, budget)
+            base = base or (timing, first)
+            flops = counter.get_total_flops()
+            rows.append(dict(section="train step", config=f"{kind} {config}", shape=f"{batch}x3x{patch}x{patch}",
+                             measured=f"{batch}x{patch}x{patch}", variant=name, seconds=timing.median, runs=len(timing.times),
+                             gmacs=flops / 2e9, gflops=gflops(flops / 2, timing.median),
+                             fraction_of_peak=gflops(flops / 2, timing.median) / peak_gflops if peak_gflops else None,
+                             speedup=base[0].median / timing.median,
+                             max_abs_diff=max(abs(first[k] - base[1][k]) for k in ("g_total", "d_total"))))
+            del trainer
     return rows
 
 # %% ../nbs/20_benchmarks.ipynb #485c679d
@@ -356,7 +364,7 @@ def write_results(df: pd.DataFrame, env: dict, out_dir: str | Path) -> tuple[Pat
 
 # %% ../nbs/20_benchmarks.ipynb #cda119aa
 def run_benchmarks(quick: bool = False, device: torch.device | str | None = None, compile: bool = False,
-                   sections: Sequence[str] = ("peak", "inference", "train", "metrics", "tiled"),
+                   sections: Sequence[str] = ("peak", "inference", "precision", "train", "metrics", "tiled"),
                    progress: bool = True) -> tuple[pd.DataFrame, dict]:
     "Run the benchmark sections; returns (table, environment)."
     device = pick_device(device)
@@ -392,6 +400,9 @@ def run_benchmarks(quick: bool = False, device: torch.device | str | None = None
                 jobs.append((f"train {kind} {config}", lambda k=kind, c=config: bench_train(
                     k, c, device, patch=32 if quick else 128, batch=2 if quick else 4,
                     repeats=1 if quick or c == "paper" else 3, budget=30.0, peak_gflops=peak)))
+    if "precision" in sections:
+        jobs.append(("deblur_image precision", lambda: bench_deblur_precision("small", 32, 40, device, repeats=1) if quick
+                     else bench_deblur_precision("paper", 720, 1280, device, band=90, repeats=3)))
     if "metrics" in sections:
         jobs.append(("metrics", lambda: bench_metrics(*((48, 64) if quick else (720, 1280)), repeats=3)))
     if "tiled" in sections:
@@ -411,8 +422,8 @@ def parse_bench_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test in seconds, not a benchmark")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the optimised generator")
     add_device_option(p)
-    p.add_argument("--sections", nargs="+", default=["peak", "inference", "train", "metrics", "tiled"],
-                   choices=["peak", "inference", "train", "metrics", "tiled"], help="which sections to run")
+    p.add_argument("--sections", nargs="+", default=["peak", "inference", "precision", "train", "metrics", "tiled"],
+                   choices=["peak", "inference", "precision", "train", "metrics", "tiled"], help="which sections to run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     add_quiet_option(p)
     args = p.parse_args(argv)

@@ -19,8 +19,8 @@ from .data import (SUBFRAME_CHOICES, apply_kernel, gopro_margin, image_to_tensor
 from .utils import pick_device
 
 # %% auto #0
-__all__ = ['BlurClassifier', 'random_patches', 'grid_patches', 'RealismTest', 'realism_accuracy', 'kernel_blur_frames',
-           'bgan_blur_frames', 'gopro_resample_frames']
+__all__ = ['BlurClassifier', 'centre_crop_to', 'paired_frames', 'paired_patches', 'RealismTest', 'realism_accuracy',
+           'kernel_blur_frames', 'bgan_blur_frames', 'gopro_resample_frames']
 
 # %% ../nbs/06_realism.ipynb #8855a25b
 class BlurClassifier(nn.Module):
@@ -40,35 +40,43 @@ class BlurClassifier(nn.Module):
         return self.head(self.features(x).mean(dim=(2, 3))).squeeze(1)
 
 # %% ../nbs/06_realism.ipynb #191531d8
-def random_patches(images: Sequence[np.ndarray], n: int, patch: int, rng: np.random.Generator, flips: bool = True) -> torch.Tensor:
-    "n random patch x patch crops (random image, position and, with flips, one of the 8 symmetries) as (n, 3, patch, patch)."
-    out = []
+def centre_crop_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    "The central shape[0] x shape[1] window of an HxWx3 image."
+    h, w = image.shape[:2]
+    top, left = (h - shape[0]) // 2, (w - shape[1]) // 2
+    if top < 0 or left < 0: raise ValueError(f"cannot crop {h}x{w} to {shape[0]}x{shape[1]}")
+    return image[top:top + shape[0], left:left + shape[1]]
+
+
+def paired_frames(real: Sequence[np.ndarray], fake: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    "Real and synthesised versions of the same frames, each pair centre-cropped to their common size (syntheses crop borders)."
+    if len(real) != len(fake): raise ValueError(f"need one synthesised frame per real frame, got {len(fake)} for {len(real)}")
+    shapes = [(min(r.shape[0], f.shape[0]), min(r.shape[1], f.shape[1])) for r, f in zip(real, fake)]
+    return [centre_crop_to(r, s) for r, s in zip(real, shapes)], [centre_crop_to(f, s) for f, s in zip(fake, shapes)]
+
+
+def paired_patches(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], n: int, patch: int, rng: np.random.Generator,
+                   flips: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    "n patch pairs: the same frame, position and symmetry cut from a real frame and from its synthesised version."
+    out_real, out_fake = [], []
     for _ in range(n):
-        image = images[int(rng.integers(len(images)))]
-        h, w = image.shape[:2]
+        i = int(rng.integers(len(real)))
+        h, w = real[i].shape[:2]
         if h < patch or w < patch: raise ValueError(f"an image of {h}x{w} is smaller than the {patch}-px patch")
-        top, left = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1))
-        crop = image[top:top + patch, left:left + patch]
-        if flips:
-            k = int(rng.integers(8))
-            crop = np.rot90(crop, k % 4)[:, ::-1] if k >= 4 else np.rot90(crop, k % 4)
-        out.append(image_to_tensor(crop))
-    return torch.stack(out)
-
-
-def grid_patches(images: Sequence[np.ndarray], per_image: int, patch: int, seed: int) -> torch.Tensor:
-    "per_image random crops from each image, in order, positions drawn from `seed` (no flips): the held-out set."
-    rng = np.random.default_rng(seed)
-    return torch.cat([random_patches([image], per_image, patch, rng, flips=False) for image in images])
+        top, left, k = int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1)), int(rng.integers(8)) if flips else 0
+        for image, out in ((real[i], out_real), (fake[i], out_fake)):
+            crop = np.rot90(image[top:top + patch, left:left + patch], k % 4)
+            out.append(image_to_tensor(crop[:, ::-1] if k >= 4 else crop))
+    return torch.stack(out_real), torch.stack(out_fake)
 
 # %% ../nbs/06_realism.ipynb #15c6ab58
 @dataclass
 class RealismTest:
     "Settings of the two-sample classifier test."
     patch: int = 64
-    steps: int = 400
+    steps: int = 200        # enough for the paired design to separate kernel blur from the real one, at ~25 s per synthesis
     batch: int = 32
-    width: int = 32
+    width: int = 16
     lr: float = 1e-3
     per_image: int = 8      # held-out patches per image
     seed: int = 0
@@ -76,21 +84,24 @@ class RealismTest:
 
 def realism_accuracy(real_train: Sequence[np.ndarray], fake_train: Sequence[np.ndarray], real_test: Sequence[np.ndarray],
                      fake_test: Sequence[np.ndarray], test: RealismTest = RealismTest(), device: str | torch.device = "cpu") -> dict:
-    "Held-out accuracy (and standard error) of a CNN trained to tell real blurred patches from synthesised ones."
+    "Held-out accuracy (and standard error) of a CNN trained to tell real blurred patches from their synthesised twins."
     device, rng = pick_device(device), np.random.default_rng(test.seed)
+    (real_train, fake_train), (real_test, fake_test) = paired_frames(real_train, fake_train), paired_frames(real_test, fake_test)
     torch.manual_seed(test.seed)
     net = BlurClassifier(test.width).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=test.lr)
     half = test.batch // 2
     labels = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)
     for _ in range(test.steps):
-        x = torch.cat([random_patches(real_train, half, test.patch, rng), random_patches(fake_train, half, test.patch, rng)])
+        x = torch.cat(paired_patches(real_train, fake_train, half, test.patch, rng))
         loss = F.binary_cross_entropy_with_logits(net(x.to(device)), labels)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     net.eval()
     with torch.no_grad():
         def accuracy(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], seed: int) -> tuple[float, int]:
-            r, f = grid_patches(real, test.per_image, test.patch, seed), grid_patches(fake, test.per_image, test.patch, seed)
+            pairs = [paired_patches([r], [f], test.per_image, test.patch, np.random.default_rng([seed, k]), flips=False)
+                     for k, (r, f) in enumerate(zip(real, fake))]
+            r, f = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
             right = (net(r.to(device)) > 0).sum().item() + (net(f.to(device)) <= 0).sum().item()
             return right / (len(r) + len(f)), len(r) + len(f)
         held_out, n = accuracy(real_test, fake_test, test.seed + 1)

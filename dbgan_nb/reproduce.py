@@ -38,10 +38,10 @@ __all__ = ['MPRNET_TABLE', 'PUBLISHED_GOPRO', 'PUBLISHED_OTHER', 'TABLE_COLUMNS'
            'REFERENCE_FORMAT', 'NOTEBOOK_NAME', 'find_repo_root', 'resolve_under', 'evaluate_model', 'published_label',
            'table_row', 'build_table', 'table_markdown', 'write_gopro_table', 'save_figure', 'detailed_crop',
            'qualitative_figure', 'bgan_samples', 'bgan_samples_figure', 'training_curves_figure', 'gain_curves_figure',
-           'point_grid', 'synthesiser_figure', 'claim_verdict', 'load_seed_study', 'export_reference_weights',
-           'load_reference_weights', 'notebook_parameters', 'check_parameter_keys', 'default_notebook',
-           'reproduce_parameters', 'experiment_data', 'experiment_configs', 'train_run', 'train_one_run',
-           'reproduce_cli']
+           'discriminator_traces_figure', 'point_grid', 'synthesiser_figure', 'claim_verdict', 'load_seed_study',
+           'export_reference_weights', 'load_reference_weights', 'notebook_parameters', 'check_parameter_keys',
+           'default_notebook', 'reproduce_parameters', 'experiment_data', 'experiment_configs', 'train_run',
+           'train_one_run', 'reproduce_cli']
 
 # %% ../nbs/10_reproduce_gopro.ipynb #01f148e8
 def find_repo_root(start: str | os.PathLike | None = None) -> Path | None:
@@ -135,9 +135,9 @@ def write_gopro_table(table: pd.DataFrame, folder: str | os.PathLike, stem: str 
 # %% ../nbs/10_reproduce_gopro.ipynb #f9681c4f
 def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, dpi: int = 110, show: bool = True) -> Path:
     "Save `fig` as PNG through a temporary file (and show it in the notebook), then close it."
-    if show:
+    if show:  # in the notebook at a modest resolution, so the committed notebook stays small
         from IPython.display import display
-        display(fig)
+        fig.set_dpi(55); display(fig)
     try: return write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"))
     finally: plt.close(fig)
 
@@ -230,6 +230,19 @@ def gain_curves_figure(curves: dict[str, pd.DataFrame]) -> matplotlib.figure.Fig
     ax.axhline(0, color="gray", lw=1, ls=":")
     ax.set(xlabel="training step", ylabel="validation gain (dB)", title="DBGAN: PSNR gain over the blurred input")
     if curves: ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/10_reproduce_gopro.ipynb #8513cf2f
+def discriminator_traces_figure(runs: dict[str, str | os.PathLike]) -> matplotlib.figure.Figure | None:
+    "Mean discriminator score of real and of generated images against steps, one panel per run that has a discriminator."
+    logs = {name: pd.read_csv(Path(folder) / "metrics.csv") for name, folder in runs.items()}
+    logs = {name: log for name, log in logs.items() if "d_real" in log and log.d_real.notna().any()}
+    if not logs: return None
+    fig, axes = plt.subplots(1, len(logs), figsize=(4.5 * len(logs), 3.0), squeeze=False)
+    for ax, (name, log) in zip(axes[0], logs.items()):
+        ax.plot(log.step, log.d_real, label="real"); ax.plot(log.step, log.d_fake, label="generated")
+        ax.set(title=f"{name}: mean discriminator score", xlabel="step"); ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
 

@@ -54,11 +54,12 @@ DOCS ?= _docs
 MATHJAX_URL ?=
 docs: setup
 	@mkdir -p $(DOCS)
-	@for nb in nbs/index.ipynb nbs/[0-9]*.ipynb; do \
+	@sockets=$$(mktemp -d); for nb in nbs/index.ipynb nbs/[0-9]*.ipynb; do \
 	  echo "executing and rendering $$nb"; \
 	  $(BIN)/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.kernel_name=python3 \
-	    $(if $(MATHJAX_URL),--HTMLExporter.mathjax_url="$(MATHJAX_URL)") --output-dir $(DOCS) $$nb --log-level=WARN || exit 1; \
-	done
+	    --KernelManager.transport=ipc --KernelManager.ip=$$sockets/kernel --log-level=WARN \
+	    $(if $(MATHJAX_URL),--HTMLExporter.mathjax_url="$(MATHJAX_URL)") --output-dir $(DOCS) $$nb || exit 1; \
+	done; rm -rf $$sockets
 	@sed -i 's/\(href="[^"#]*\)\.ipynb\(#[^"]*\)\?"/\1.html\2"/g' $(DOCS)/*.html  # chapter links point at the pages
 	@echo "wrote $(DOCS)/index.html and $$(ls $(DOCS)/*.html | wc -l) pages"
 

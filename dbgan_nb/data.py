@@ -84,7 +84,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     except Exception as error: raise ValueError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from error
     return _to_rgb8(array, path)
 
-
+# %% ../nbs/00_data.ipynb #2ae0eea6
 def write_image(path: str | os.PathLike, image: np.ndarray) -> None:
     "Write uint8 HxWx3 (or HxW) to PNG/JPEG/TIFF atomically: a temporary file in the same folder, then os.replace."
     path, image = Path(path), np.asarray(image)
@@ -176,7 +176,7 @@ def _match(blur_dir: Path, sharp_dir: Path) -> list[tuple[Path, Path, str]]:
         raise ValueError("\n".join(msg))
     return [(blurs[k], sharps[k], k) for k in sorted(sharps)]
 
-
+# %% ../nbs/00_data.ipynb #a3a92599
 def _split_layout(split_dir: Path) -> str:
     "'input_target', 'blur_sharp' or 'native' from the folder names."
     if not any(split_dir.iterdir()): raise ValueError(f"{split_dir} is empty: no image pairs")
@@ -217,7 +217,7 @@ def _check_sizes(pairs: Sequence[Pair]) -> None:
         if sizes[0] != sizes[1]: bad.append(f"{p.name} (blur {sizes[0][0]}x{sizes[0][1]}, sharp {sizes[1][0]}x{sizes[1][1]})")
     if bad: raise ValueError(f"{len(bad)} pairs whose blurred and sharp images differ in size: " + _list_some(bad, 3))
 
-
+# %% ../nbs/00_data.ipynb #50fe8a27
 def find_gopro_pairs(root: str | os.PathLike, split: str = "test", blur_key: str = "blur",
                      val_sequences: int = 2, check_sizes: bool = True) -> list[Pair]:
     "Blurred/sharp pairs of `split` in any of the three GoPro layouts (held-out train sequences when there is no val folder)."
@@ -307,8 +307,8 @@ def _patch_size(patch: int | tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 def crop_and_augment(images: Sequence[np.ndarray], patch: tuple[int, int] | None, augment: bool, seed: int,
-                     index: int = 0, names: Sequence[str] = ()) -> list[np.ndarray]:
-    "The same random crop and dihedral op, drawn from (seed, index), applied to every image of `images`."
+                     index: int = 0, names: Sequence[str] = (), colour: bool = False) -> list[np.ndarray]:
+    "The same random crop, dihedral op and (with colour) RGB permutation, drawn from (seed, index), applied to every image."
     rng = np.random.default_rng([int(seed) % 2**64, int(index) % 2**64])
     h, w = images[0].shape[:2]
     if patch is not None:
@@ -318,7 +318,11 @@ def crop_and_augment(images: Sequence[np.ndarray], patch: tuple[int, int] | None
         top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
         images = [im[top:top + ph, left:left + pw] for im in images]
     op = int(rng.integers(0, 8)) if augment else 0
-    return [dihedral(im, op) for im in images]
+    images = [dihedral(im, op) for im in images]
+    if colour:  # drawn last, so runs without it draw exactly what they drew before
+        order = rng.permutation(3)
+        images = [np.ascontiguousarray(im[..., order]) for im in images]
+    return images
 
 
 def epoch_seed(seed: int, epoch: int, index: int) -> int:
@@ -334,13 +338,13 @@ class _SeededDataset(torch.utils.data.Dataset):
         index = index % len(self)
         return self.get(index, epoch_seed(self.seed, self.epoch, index))
 
-
+# %% ../nbs/00_data.ipynb #c5301b6b
 class PairedDataset(_SeededDataset):
     "Blurred/sharp pairs of a GoPro-layout folder; items {'blur', 'sharp': float32 3xHxW in [0,1], 'name'}."
     def __init__(self, root: str | os.PathLike, split: str = "train", blur_key: str = "blur",
                  patch: int | tuple[int, int] | None = None, augment: bool = False, seed: int = 0,
-                 val_sequences: int = 2, cache: bool = False):
-        self.root, self.split, self.blur_key = Path(root), split, blur_key
+                 val_sequences: int = 2, cache: bool = False, colour: bool = False):
+        self.root, self.split, self.blur_key, self.colour = Path(root), split, blur_key, colour
         self.patch, self.augment, self.seed, self.epoch, self.cache = _patch_size(patch), augment, int(seed), 0, cache
         self.pairs = find_gopro_pairs(root, split, blur_key, val_sequences=val_sequences)
         self.sequences = sorted({p.sequence for p in self.pairs})
@@ -360,7 +364,7 @@ class PairedDataset(_SeededDataset):
     def get(self, index: int, seed: int) -> dict:
         "Item `index` cropped and augmented as a pure function of (index, seed)."
         p = self.pairs[index]
-        blur, sharp = crop_and_augment(self.images(index), self.patch, self.augment, seed, index, [str(p.sharp)])
+        blur, sharp = crop_and_augment(self.images(index), self.patch, self.augment, seed, index, [str(p.sharp)], self.colour)
         return {"blur": image_to_tensor(blur), "sharp": image_to_tensor(sharp), "name": p.name}
 
 
@@ -445,7 +449,7 @@ def _source_coordinates(params: np.ndarray, shape: tuple[int, int], margin: int)
     # inverse of x' = o + s R(theta) (y - o) + p:   y = o + R(-theta) (x' - o - p) / s
     return cy + inv * (-s * x + c * y), cx + inv * (c * x + s * y)
 
-
+# %% ../nbs/00_data.ipynb #c2fb8ac0
 def _max_displacement(path: np.ndarray, shape: tuple[int, int], margin: int) -> float:
     "Largest distance any kept pixel moves in any sub-frame (similarity maps are affine: check the corners)."
     h, w = shape
@@ -648,7 +652,7 @@ def _random_crop(photo: np.ndarray, size: tuple[int, int], rng: np.random.Genera
         if dark <= 0.5: break
     return best
 
-
+# %% ../nbs/00_data.ipynb #9de7dda0
 def _dataset_jobs(seed: int, scale: str) -> list[dict]:
     "Every image to synthesise: split, photo, sequence, frame, n_frames, relative output paths."
     cfg, jobs = DATASET_SCALES[scale], []
@@ -699,7 +703,7 @@ def _write_manifest(out: Path, seed: int, scale: str, jobs: list[dict]) -> None:
     }
     write_text_atomic(out / "manifest.json", json.dumps(manifest, indent=1) + "\n")
 
-
+# %% ../nbs/00_data.ipynb #c5b39057
 def skimage_version() -> str:
     "Version of scikit-image (the photos come from its wheel)."
     import skimage
@@ -752,7 +756,7 @@ def build_default_dataset(out: str | os.PathLike, seed: int = 0, scale: str = "d
         raise
     return out
 
-
+# %% ../nbs/00_data.ipynb #b576eea8
 def default_data_dir() -> Path:
     "$DBGAN_DATA, or ./data/default."
     return Path(os.environ.get("DBGAN_DATA") or "data/default")

@@ -183,6 +183,7 @@ def deblur_files(model: nn.Module, inputs: Sequence[Path], outputs: Sequence[Pat
             failed.append(src)
     return failed
 
+# %% ../nbs/04_inference.ipynb #b42c83c6
 def deblur_cli(argv: Sequence[str] | None = None) -> int:
     "dbgan-deblur: deblur files, folders or globs into --out; exit 0 if all succeeded, 1 if some failed, 2 on setup errors."
     args = parse_deblur_args(argv)

@@ -423,7 +423,7 @@ def _realblur_row(pred: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     "PSNR and SSIM of one pair under the RealBlur protocol."
     return dict(zip(REALBLUR_COLUMNS, realblur_metrics(pred, gt)))
 
-
+# %% ../nbs/01_metrics.ipynb #fe83c986
 def evaluate_files(items: Sequence[tuple[str, str | os.PathLike, str | os.PathLike]], device: torch.device | str | None = None,
                    progress: bool = True, compiled: bool | None = None, protocol: str = "gopro") -> pd.DataFrame:
     "Score (name, prediction, ground truth) file triples -> DataFrame(name, psnr, ssim2d, ssim_matlab), or (name, psnr, ssim) for protocol='realblur'."
@@ -514,7 +514,7 @@ def _parse_eval_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.device = device_from_args(parser, args.device)
     return args
 
-
+# %% ../nbs/01_metrics.ipynb #a59b4eaa
 def eval_cli(argv: Sequence[str] | None = None) -> int:
     "dbgan-eval: score a folder of results (or the blurred inputs) and print the summary; exit 2 on missing input, 1 on failed images."
     args = _parse_eval_args(argv)

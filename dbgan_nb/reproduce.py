@@ -9,7 +9,9 @@ import argparse
 import ast
 import json
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -303,8 +305,8 @@ def export_reference_weights(runs: dict[str, Path], dest: str | os.PathLike, dat
         write_atomically(dest / f"{name}.pt", lambda f, g=generator: torch.save(g, f))
         for log in ("metrics.csv", "val.csv", "config.yaml"):
             write_text_atomic(dest / "logs" / f"{name}_{log}", (Path(run) / log).read_text())
-        steps = pd.read_csv(Path(run) / "metrics.csv")
-        seconds = float(steps.sec_per_step.mean() * ck["step"])  # training steps only (validation not counted)
+        # time of the training steps (validation not counted); from the logged step times for checkpoints that predate it
+        seconds = ck.get("elapsed_seconds") or float(pd.read_csv(Path(run) / "metrics.csv").sec_per_step.mean() * ck["step"])
         entries[name] = dict(file=f"{name}.pt", arch=generator["arch"], generator_config=generator["config"], steps=ck["step"],
                              seed=ck["config"]["seed"], train_seconds=round(seconds, 1), config=ck["config"])
     data_manifest = data_path / "manifest.json"
@@ -459,11 +461,18 @@ def reproduce_cli(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     executed = out / f"reproduce_{params.get('mode', 'quick')}.ipynb"
     import papermill
+    from jupyter_client.manager import KernelManager
+    # IPC (a Unix socket in a private folder) rather than TCP: nothing listens on a port, and the kernel has no
+    # unencrypted-TCP warning to print
+    sockets = Path(tempfile.mkdtemp(prefix="dbgan-kernel-"))
+    km = KernelManager(kernel_name=args.kernel, transport="ipc", ip=str(sockets / "kernel")) if os.name == "posix" else None
     try:
         papermill.execute_notebook(str(notebook), str(executed), parameters=params, kernel_name=args.kernel,
-                                   cwd=str(root), progress_bar=not args.quiet)
+                                   cwd=str(root), progress_bar=not args.quiet, km=km)
     except papermill.PapermillExecutionError as e:
         return report_error("dbgan-reproduce", f"the notebook failed ({e.ename}: {e.evalue}); see {executed}", EXIT_FAILED)
+    finally:
+        shutil.rmtree(sockets, ignore_errors=True)
     print((out / "gopro_table.md").read_text())
     print(f"executed notebook: {executed}")
     return 0

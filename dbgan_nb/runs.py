@@ -32,7 +32,7 @@ from .data import ensure_default_dataset
 from .utils import pick_device, write_atomically, write_text_atomic
 
 # %% auto #0
-__all__ = ['SMALL_CONFIG', 'TRAINING_FORMAT', 'RUN_FILES', 'RESUMABLE_KEYS', 'TrainConfig', 'config_field_types',
+__all__ = ['SMALL_CONFIG', 'TRAINING_FORMAT', 'RUN_FILES', 'RESUMABLE_KEYS', 'SettingsFile', 'TrainConfig', 'config_field_types',
            'check_config_keys', 'coerce_config_value', 'check_config', 'default_data_root', 'small_config',
            'learning_rate', 'make_scheduler', 'derive_seed', 'epoch_permutation', 'batch_plan', 'local_slice',
            'capture_rng_state', 'restore_rng_state', 'save_checkpoint', 'load_checkpoint', 'load_latest_checkpoint',
@@ -40,9 +40,50 @@ __all__ = ['SMALL_CONFIG', 'TRAINING_FORMAT', 'RUN_FILES', 'RESUMABLE_KEYS', 'Tr
            'DistInfo', 'setup_distributed', 'gather_batch', 'mean_over_processes', 'any_process', 'broadcast_from_main',
            'barrier']
 
+# %% ../nbs/91_runs.ipynb #fb715b88
+class SettingsFile:
+    "Settings as plain data: to and from dicts and YAML files, and `key=value` overrides, each value checked by its field's type."
+    def to_dict(self) -> dict:
+        "Plain dict of the settings (tuples as lists), ready for YAML or a checkpoint."
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
+        "Build from a dict, checking key names and value types; errors name `where` and the key."
+        d = dict(d or {})
+        check_config_keys(d, where)
+        return cls(**{k: coerce_config_value(k, v, where) for k, v in d.items()})
+
+    @classmethod
+    def from_yaml(cls, path: Union[str, Path]) -> "TrainConfig":
+        "Load a YAML file of settings (missing keys keep their defaults)."
+        path = Path(path)
+        if not path.is_file(): raise FileNotFoundError(f"config file not found: {path}")
+        try: d = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e: raise ValueError(f"{path}: not valid YAML: {e}") from None
+        if d is not None and not isinstance(d, dict): raise ValueError(f"{path}: expected a mapping of settings, got {type(d).__name__}")
+        return cls.from_dict(d, str(path))
+
+    def to_yaml(self, path: Optional[Union[str, Path]] = None) -> str:
+        "YAML text of the settings; also written (atomically) to `path` if given."
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None: write_text_atomic(path, text)
+        return text
+
+    def with_overrides(self, overrides: list[str]) -> "TrainConfig":
+        "Copy with `key=value` overrides applied, each value parsed by the field's type."
+        d = self.to_dict()
+        for item in overrides:
+            if "=" not in item: raise ValueError(f"--set expects key=value, got {item!r}")
+            key, raw = item.split("=", 1)
+            key = key.strip()
+            check_config_keys({key: None}, "--set")
+            d[key] = coerce_config_value(key, raw, "--set", from_text=True)
+        return type(self).from_dict(d)
+
 # %% ../nbs/91_runs.ipynb #41692d75
 @dataclass
-class TrainConfig:
+class TrainConfig(SettingsFile):
     "Every setting of a BGAN or DBGAN training run; defaults follow the paper."
     # data
     data_root: Optional[str] = None        # paired GoPro-layout root (train sharp, val pairs, real pairs); None -> bundled data
@@ -55,6 +96,7 @@ class TrainConfig:
     dead_leaves: int = 0                   # dead-leaves images added to the sharp pool of sources bgan/kernel (0: photos only)
     kernel_size: int = 31                  # trajectory kernel size for source="kernel"
     augment: bool = True                   # random dihedral flips/rotations of the patches
+    colour_augment: bool = False           # DBGAN: also a random permutation of the RGB channels (both images of a pair)
     # models
     arch: str = "rdb"                      # DBGAN's G: "rdb" (paper text, figure 2) or "rrdb" (the released G.pth)
     n_blocks: Optional[int] = None         # blocks in G (RDBs, or RRDBs for arch rrdb); None -> paper (BGAN 9, DBGAN 16)
@@ -100,44 +142,6 @@ class TrainConfig:
     keep_every: Optional[int] = None       # also keep a copy step_NNNNNNN.pt every k steps (None: only last.pt/best.pt)
     tensorboard: bool = True               # log to TensorBoard too when the package is installed
     stop_after: Optional[int] = None       # stop (save, exit cleanly) after this step, as if interrupted; --resume goes on
-
-    def to_dict(self) -> dict:
-        "Plain dict of the settings (tuples as lists), ready for YAML or a checkpoint."
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, d: dict, where: str = "config") -> "TrainConfig":
-        "Build from a dict, checking key names and value types; errors name `where` and the key."
-        d = dict(d or {})
-        check_config_keys(d, where)
-        return cls(**{k: coerce_config_value(k, v, where) for k, v in d.items()})
-
-    @classmethod
-    def from_yaml(cls, path: Union[str, Path]) -> "TrainConfig":
-        "Load a YAML file of settings (missing keys keep their defaults)."
-        path = Path(path)
-        if not path.is_file(): raise FileNotFoundError(f"config file not found: {path}")
-        try: d = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e: raise ValueError(f"{path}: not valid YAML: {e}") from None
-        if d is not None and not isinstance(d, dict): raise ValueError(f"{path}: expected a mapping of settings, got {type(d).__name__}")
-        return cls.from_dict(d, str(path))
-
-    def to_yaml(self, path: Optional[Union[str, Path]] = None) -> str:
-        "YAML text of the settings; also written (atomically) to `path` if given."
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None: write_text_atomic(path, text)
-        return text
-
-    def with_overrides(self, overrides: list[str]) -> "TrainConfig":
-        "Copy with `key=value` overrides applied, each value parsed by the field's type."
-        d = self.to_dict()
-        for item in overrides:
-            if "=" not in item: raise ValueError(f"--set expects key=value, got {item!r}")
-            key, raw = item.split("=", 1)
-            key = key.strip()
-            check_config_keys({key: None}, "--set")
-            d[key] = coerce_config_value(key, raw, "--set", from_text=True)
-        return TrainConfig.from_dict(d)
 
 # %% ../nbs/91_runs.ipynb #38bd2111
 _CONFIG_TYPES: dict = {}
@@ -232,7 +236,7 @@ def default_data_root(cfg: TrainConfig) -> Path:
 SMALL_CONFIG = {
     "common": dict(n_blocks=2, nf=32, gc=16, d_nf=16, patch=64, batch=4, lr=1e-3, lr_min=1e-5, threads=1,
                    log_every=10, val_every=100, checkpoint_every=100, tensorboard=False),
-    "bgan": dict(iterations=300, perceptual_weights="random", perceptual_layer="conv2_2", loss_kind="bce", d_init_std=0.1),
+    "bgan": dict(iterations=600, perceptual_weights=None, lowpass_sigma=3.0, loss_kind="bce", d_init_std=0.1),
     "dbgan": dict(iterations=1000, perceptual_weights=None, source="bgan", real_ratio=0.5),
 }
 
@@ -502,6 +506,7 @@ def mean_over_processes(values: dict[str, float], info: DistInfo) -> dict[str, f
     dist.all_reduce(t)
     return {k: float(v) / info.world for k, v in zip(keys, t.tolist())}
 
+# %% ../nbs/91_runs.ipynb #27710ce9
 def any_process(flag: bool, info: DistInfo) -> bool:
     "True if `flag` is true on any process."
     if info.world == 1: return bool(flag)

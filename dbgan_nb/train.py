@@ -170,7 +170,7 @@ class GANTrainer(TrainerValidation):
         self.val_data = PairedDataset(self.root, "val", blur_key=cfg.blur_key, patch=None, augment=False,
                                       val_sequences=cfg.val_sequences, cache=True)
         self.step, self.best = 0, {"metric": self.best_metric, "value": None, "step": None}
-        self.G_train, self.D_train, self.hooks = self.G, self.D, TrainHooks()
+        self.G_train, self.D_train, self.hooks, self.elapsed = self.G, self.D, TrainHooks(), 0.0
 
     # --- subclass hooks
     def build_generator(self) -> nn.Module: raise NotImplementedError
@@ -221,32 +221,33 @@ def initialise_from(model: nn.Module, path: Union[str, Path]) -> nn.Module:
     model.load_state_dict(saved.state_dict())
     return model
 
-def trainer_state(self: GANTrainer) -> dict:
+def trainer_state(trainer: GANTrainer) -> dict:
     "Everything needed to continue the run exactly (tensors, numbers, strings, containers only)."
-    for name, net in (("generator", self.G), ("discriminator", self.D)):
+    for name, net in (("generator", trainer.G), ("discriminator", trainer.D)):
         bad = [n for n, p in net.named_parameters() if not torch.isfinite(p).all()]
-        if bad: raise NonFiniteLossError(f"{name} weights became non-finite at step {self.step} ({bad[0]}); not saving")
-    return {"training_format": TRAINING_FORMAT, "version": 1, "kind": self.kind, "step": self.step,
-            "config": self.cfg.to_dict(),
-            "generator": generator_checkpoint(self.G),
-            "discriminator": {"config": dict(self.D.config), "state_dict": {k: v.detach().cpu().clone() for k, v in self.D.state_dict().items()}},
-            "optimizer_g": self.opt_g.state_dict(), "optimizer_d": self.opt_d.state_dict(),
-            "scheduler_g": self.sched_g.state_dict(), "scheduler_d": self.sched_d.state_dict(),
+        if bad: raise NonFiniteLossError(f"{name} weights became non-finite at step {trainer.step} ({bad[0]}); not saving")
+    return {"training_format": TRAINING_FORMAT, "version": 1, "kind": trainer.kind, "step": trainer.step,
+            "config": trainer.cfg.to_dict(),
+            "generator": generator_checkpoint(trainer.G),
+            "discriminator": {"config": dict(trainer.D.config), "state_dict": {k: v.detach().cpu().clone() for k, v in trainer.D.state_dict().items()}},
+            "optimizer_g": trainer.opt_g.state_dict(), "optimizer_d": trainer.opt_d.state_dict(),
+            "scheduler_g": trainer.sched_g.state_dict(), "scheduler_d": trainer.sched_d.state_dict(),
             "grad_scaler": None,  # bf16 autocast needs no loss scaling
-            "data": {"seed": self.cfg.seed, "next_index": self.step, "streams": dict(self.streams)},
-            "rng": capture_rng_state(), "best": dict(self.best)}
+            "data": {"seed": trainer.cfg.seed, "next_index": trainer.step, "streams": dict(trainer.streams)},
+            "rng": capture_rng_state(), "best": dict(trainer.best), "elapsed_seconds": trainer.elapsed}
 
-def restore_trainer(self: GANTrainer, ck: dict, path: Path) -> None:
+def restore_trainer(trainer: GANTrainer, ck: dict, path: Path) -> None:
     "Load a checkpoint written by `trainer_state` (same kind, same data) into the trainer."
-    if ck.get("kind") != self.kind: raise ValueError(f"{path} is a {ck.get('kind')} checkpoint, not {self.kind}")
-    if ck["data"]["streams"] != self.streams:
-        raise ValueError(f"{path}: the training data changed since this checkpoint (saved {ck['data']['streams']}, now {self.streams}); "
+    if ck.get("kind") != trainer.kind: raise ValueError(f"{path} is a {ck.get('kind')} checkpoint, not {trainer.kind}")
+    if ck["data"]["streams"] != trainer.streams:
+        raise ValueError(f"{path}: the training data changed since this checkpoint (saved {ck['data']['streams']}, now {trainer.streams}); "
                          "the data order would not be the same")
-    self.G.load_state_dict(ck["generator"]["state_dict"]); self.D.load_state_dict(ck["discriminator"]["state_dict"])
-    self.opt_g.load_state_dict(ck["optimizer_g"]); self.opt_d.load_state_dict(ck["optimizer_d"])
-    self.sched_g.load_state_dict(ck["scheduler_g"]); self.sched_d.load_state_dict(ck["scheduler_d"])
+    trainer.G.load_state_dict(ck["generator"]["state_dict"]); trainer.D.load_state_dict(ck["discriminator"]["state_dict"])
+    trainer.opt_g.load_state_dict(ck["optimizer_g"]); trainer.opt_d.load_state_dict(ck["optimizer_d"])
+    trainer.sched_g.load_state_dict(ck["scheduler_g"]); trainer.sched_d.load_state_dict(ck["scheduler_d"])
     restore_rng_state(ck["rng"])
-    self.step, self.best = int(ck["step"]), dict(ck["best"])
+    trainer.step, trainer.best = int(ck["step"]), dict(ck["best"])
+    trainer.elapsed = float(ck.get("elapsed_seconds", 0.0))  # training time so far (older checkpoints: unknown, 0)
 
 # %% ../nbs/05_train.ipynb #26d334ec
 def sharpness_gap_db(image: np.ndarray, reference: np.ndarray) -> float:
@@ -308,7 +309,8 @@ class DBGANPairs:
 
     def setup_data(self) -> None:
         c = self.cfg
-        kw = dict(blur_key=c.blur_key, augment=c.augment, seed=c.seed, val_sequences=c.val_sequences, cache=True)
+        kw = dict(blur_key=c.blur_key, augment=c.augment, seed=c.seed, val_sequences=c.val_sequences, cache=True,
+                  colour=c.colour_augment)
         if self.real_share() > 0:
             self.pairs = PairedDataset(self.root, "train", patch=c.patch, **kw)
             self.streams["pairs"] = len(self.pairs)
@@ -424,6 +426,7 @@ def _open_tensorboard(cfg: TrainConfig, out: Path, start: int):
 def _resume_hint(kind: str, out: Path) -> str:
     return f"dbgan-train {kind} --config {out / 'config.yaml'} --resume"
 
+# %% ../nbs/05_train.ipynb #102c0caf
 def fit(trainer: GANTrainer, stop: StopSignals, resumed: bool, progress: bool = True) -> None:
     "Run `trainer` from its current step to cfg.iterations (or a stop request)."
     from tqdm.auto import tqdm
@@ -462,7 +465,7 @@ def fit(trainer: GANTrainer, stop: StopSignals, resumed: bool, progress: bool = 
             t0 = time.perf_counter()
             row = trainer.train_step(step, last_good)
             row["sec_per_step"] = time.perf_counter() - t0
-            trainer.step = step
+            trainer.step, trainer.elapsed = step, trainer.elapsed + row["sec_per_step"]
             if main: watch.update(row)
             if main and (step % cfg.log_every == 0 or step == cfg.iterations):
                 mlog.write(row)

@@ -29,8 +29,7 @@ from tqdm.auto import tqdm
 from torch.utils.flop_counter import FlopCounterMode
 
 from .data import write_image
-from .models import (BGANGenerator, DBGANGenerator, ReleaseGenerator, VGGDiscriminator, count_macs,
-                             init_normal_, native_bf16, set_dense_path)
+from .models import DBGANGenerator, ReleaseGenerator, count_macs, init_normal_, native_bf16, set_dense_path
 from .runs import SMALL_CONFIG
 from .utils import (EXIT_USAGE, add_device_option, add_quiet_option, device_from_args, markdown_table, peak_memory_mb,
                             report_error,

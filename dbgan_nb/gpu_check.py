@@ -10,7 +10,6 @@ import dataclasses
 import json
 import os
 import platform
-import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .benchmarks import matmul_gflops, measure, synchronize
+from .benchmarks import matmul_gflops, measure
 from .data import build_default_dataset, find_gopro_pairs, read_image
 from .inference import deblur_image
 from .metrics import psnr, ssim2d, ssim_matlab
@@ -80,10 +79,8 @@ def time_train_steps(kind: str, arch: str, sizes: CheckSizes, root: Path, device
                      compile_mode: str | None = None) -> dict:
     "Seconds per training step (median), steps/s, peak memory and whether all losses stayed finite."
     with tempfile.TemporaryDirectory() as out:
-        trainer = _trainer(kind, arch, sizes, root, device, bf16, Path(out))
-        if compile_mode is not None:
-            trainer.G_train = torch.compile(trainer.G, mode=None if compile_mode == "default" else compile_mode)
-            trainer.D_train = torch.compile(trainer.D, mode=None if compile_mode == "default" else compile_mode)
+        trainer = _trainer(kind, arch, sizes, root, device, bf16, Path(out), compile=compile_mode)
+        trainer.wrap_for_processes()  # applies the configured torch.compile, as train() does
         if device.type == "cuda": torch.cuda.reset_peak_memory_stats(device)
         rows, step = [], 0
         def one_step():

@@ -20,8 +20,7 @@ from tqdm import tqdm
 
 from .data import IMAGE_SUFFIXES, as_rgb_uint8, image_to_tensor, read_image, tensor_to_image, write_image
 from .models import load_generator, native_bf16
-from .utils import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_device_option, add_quiet_option, device_from_args,
-                            pick_device, report_error)
+from .utils import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_device_option, add_quiet_option, pick_device
 
 # %% auto #0
 __all__ = ['tile_starts', 'feather_ramp', 'axis_windows', 'run_generator', 'deblur_image', 'is_image_file', 'expand_inputs',

@@ -222,7 +222,7 @@ class BGANLoss(_AdversarialObjective):
         total = self.perceptual_weight * perceptual + self.content_weight * content + self.alpha * adversarial
         return dict(total=total, perceptual=perceptual, content=content, adversarial=adversarial)
 
-
+# %% ../nbs/03_losses.ipynb #61a4a2c3
 class DBGANLoss(_AdversarialObjective):
     "L_DBGAN = perceptual_weight * L_p + content_weight * L_c + beta * L_RDBL (generator side)."
     def __init__(self, perceptual: nn.Module | None, beta: float = 0.01, kind: str = "ls",

@@ -10,7 +10,6 @@ import contextlib
 import functools
 import math
 import os
-import sys
 import warnings
 from collections import defaultdict
 from collections.abc import Sequence

@@ -14,8 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import (SUBFRAME_CHOICES, apply_kernel, gopro_margin, image_to_tensor, synthesize_gopro_blur,
-                           tensor_to_image, trajectory_kernel)
+from .data import SUBFRAME_CHOICES, apply_kernel, image_to_tensor, synthesize_gopro_blur, tensor_to_image, trajectory_kernel
 from .utils import pick_device
 
 # %% auto #0

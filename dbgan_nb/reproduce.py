@@ -25,15 +25,14 @@ import torch.nn as nn
 import yaml
 from tqdm.auto import tqdm
 
-from .data import DATASET_SCALES, Pair, find_gopro_pairs, find_hide_pairs, find_realblur_pairs, read_image, synthesize_gopro_blur, tensor_to_image, trajectory_kernel
+from .data import Pair, read_image, synthesize_gopro_blur, tensor_to_image, trajectory_kernel
 from .inference import deblur_image
-from .metrics import PROTOCOL, compile_pays_off, evaluate_pairs, image_metrics
-from .models import count_parameters, load_generator
-from .realism import RealismTest, bgan_blur_frames, gopro_resample_frames, kernel_blur_frames, realism_accuracy
+from .metrics import PROTOCOL, compile_pays_off, image_metrics
+from .models import load_generator
 from .runs import TrainConfig, load_checkpoint
 from .train import train
 from .utils import (DEVICE_CHOICES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_quiet_option, markdown_table, report_error,
-                            sha256_file, write_atomically, write_csv_atomic, write_table, write_text_atomic)
+                            sha256_file, write_atomically, write_table, write_text_atomic)
 
 # %% auto #0
 __all__ = ['MPRNET_TABLE', 'PUBLISHED_GOPRO', 'PUBLISHED_OTHER', 'TABLE_COLUMNS', 'BLURRED_METHOD', 'TABLE_DIGITS',
@@ -43,7 +42,7 @@ __all__ = ['MPRNET_TABLE', 'PUBLISHED_GOPRO', 'PUBLISHED_OTHER', 'TABLE_COLUMNS'
            'discriminator_traces_figure', 'point_grid', 'synthesiser_figure', 'claim_verdict', 'load_seed_study',
            'export_reference_weights', 'load_reference_weights', 'notebook_parameters', 'check_parameter_keys',
            'default_notebook', 'reproduce_parameters', 'experiment_data', 'experiment_configs', 'train_run',
-           'train_one_run', 'reproduce_cli']
+           'train_one_run', 'export_runs', 'reproduce_cli']
 
 # %% ../nbs/10_reproduce_gopro.ipynb #01f148e8
 def find_repo_root(start: str | os.PathLike | None = None) -> Path | None:
@@ -435,6 +434,23 @@ def train_one_run(name: str, params: dict, root: Path, progress: bool = True) ->
     return EXIT_OK
 
 
+def export_runs(dest: Path, params: dict, root: Path, params_file: str | None) -> int:
+    "Ship the finished runs of the experiment that `params` describes as reference weights in `dest`; exit status."
+    data_path, _ = experiment_data(params["data_root"], root)
+    configs = experiment_configs(params, data_path, resolve_under(params["out_dir"], root))
+    problems = []
+    for name, (_, cfg) in configs.items():
+        last = Path(cfg.out) / "last.pt"
+        if not last.is_file(): problems.append(f"{name} (not trained)")
+        elif (step := load_checkpoint(last)["step"]) < cfg.iterations: problems.append(f"{name} (step {step} of {cfg.iterations})")
+    if problems: return report_error("dbgan-reproduce", f"--export-weights: runs not finished: {', '.join(problems)}", EXIT_USAGE)
+    runs = {name: Path(cfg.out) for name, (_, cfg) in configs.items()}
+    description = f"{params_file or 'the notebook defaults'}: " + ", ".join(f"{k} {params[k]}" for k in (
+        "bgan_blocks", "dbgan_blocks", "nf", "patch", "batch", "bgan_iterations", "dbgan_iterations", "cpu_bf16", "seed"))
+    print(f"wrote {export_reference_weights(runs, resolve_under(dest, root), data_path, description)}")
+    return EXIT_OK
+
+# %% ../nbs/10_reproduce_gopro.ipynb #25930fc9
 def reproduce_cli(argv: Sequence[str] | None = None) -> int:
     "dbgan-reproduce [--mode quick|paper] [-f params.yaml] [--out runs/]: run the notebook with papermill, print the table."
     p = argparse.ArgumentParser(prog="dbgan-reproduce", description="Reproduce the GoPro table and figures by running "
@@ -447,6 +463,8 @@ def reproduce_cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--device", choices=DEVICE_CHOICES, help="where to train and evaluate (the notebook parameter device)")
     p.add_argument("--run", metavar="NAME", help="only train this run of the experiment (bgan, dbgan_bgan, dbgan_kernel, "
                    "dbgan_real), without the notebook; runs can then train side by side")
+    p.add_argument("--export-weights", metavar="DIR", help="write the finished runs' generators, logs and manifest.json to DIR "
+                   "(what weights/reference holds), without the notebook")
     add_quiet_option(p)
     args = p.parse_args(argv)
     try:
@@ -457,6 +475,8 @@ def reproduce_cli(argv: Sequence[str] | None = None) -> int:
         return report_error("dbgan-reproduce", e, EXIT_USAGE)
     root = find_repo_root() or Path.cwd()
     if args.run: return train_one_run(args.run, {**notebook_parameters(notebook), **params}, root, not args.quiet)
+    if args.export_weights: return export_runs(Path(args.export_weights), {**notebook_parameters(notebook), **params}, root,
+                                               args.params_file)
     out = resolve_under(params.get("out_dir", notebook_parameters(notebook)["out_dir"]), root)
     out.mkdir(parents=True, exist_ok=True)
     executed = out / f"reproduce_{params.get('mode', 'quick')}.ipynb"

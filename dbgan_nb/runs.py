@@ -130,6 +130,7 @@ class TrainConfig(SettingsFile):
     amp: bool = True                       # bf16 autocast for G/D forwards on CUDA
     cpu_bf16: bool = False                 # ... and on CPUs with native bf16 (AVX512-BF16/AMX): 1.9-2.8x per step
     channels_last: bool = True
+    compile: Optional[str] = None          # torch.compile G and D for training: "default" or "reduce-overhead" (CUDA graphs)
     threads: Optional[int] = None          # torch CPU threads (None: torch's default); 1 is fastest for tiny models on busy CPUs
     # bookkeeping
     out: Optional[str] = None              # run folder; None -> runs/bgan or runs/dbgan
@@ -218,6 +219,7 @@ def check_config(cfg: TrainConfig, kind: str) -> None:
     need(cfg.arch in ("rdb", "rrdb"), "arch", "must be 'rdb' (paper figure 2) or 'rrdb' (the released G.pth)")
     need(kind == "dbgan" or cfg.arch == "rdb", "arch", "'rrdb' is the released DBGAN network; BGAN's generator is 'rdb'")
     need(cfg.checkpoint_minutes is None or cfg.checkpoint_minutes > 0, "checkpoint_minutes", "must be positive (or null)")
+    need(cfg.compile in (None, "default", "reduce-overhead"), "compile", "must be null, 'default' or 'reduce-overhead'")
     need(cfg.init_from is None or Path(cfg.init_from).is_file(), "init_from", "file not found")
     if kind == "dbgan":
         need(cfg.source in ("bgan", "real", "kernel"), "source", "must be 'bgan', 'real' or 'kernel'")
@@ -355,7 +357,7 @@ def load_latest_checkpoint(out: Union[str, Path], warn: bool = True) -> Optional
 RUN_FILES = ("config.yaml", "metrics.csv", "val.csv", "last.pt", "previous.pt", "best.pt")
 # settings that may change when a run is resumed: they do not change what the run computes up to its current step
 RESUMABLE_KEYS = frozenset({"iterations", "log_every", "val_every", "val_max_images", "val_crop", "checkpoint_every",
-                            "checkpoint_minutes", "keep_every", "tensorboard", "stop_after", "device", "amp", "cpu_bf16", "channels_last", "threads", "out"})
+                            "checkpoint_minutes", "keep_every", "compile", "tensorboard", "stop_after", "device", "amp", "cpu_bf16", "channels_last", "threads", "out"})
 
 def run_folder(kind: str, cfg: TrainConfig) -> Path:
     "The run folder of `cfg` (runs/<kind> by default)."

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 import warnings
@@ -29,7 +28,7 @@ from .models import (BGANGenerator, DBGANGenerator, ReleaseGenerator, VGGDiscrim
 from .runs import (TRAINING_FORMAT, CsvLog, DistInfo, StopSignals, TrainConfig, any_process, barrier, batch_plan,
                            broadcast_from_main, capture_rng_state, check_config, default_data_root, derive_seed, gather_batch,
                            load_latest_checkpoint, local_slice, make_scheduler, mean_over_processes, prepare_run_folder,
-                           restore_rng_state, run_folder, save_checkpoint, setup_distributed, small_config)
+                           restore_rng_state, run_folder, save_checkpoint, setup_distributed)
 from .utils import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DEVICE_CHOICES, add_quiet_option, report_error
 
 # %% auto #0
@@ -201,11 +200,14 @@ class GANTrainer(TrainerValidation):
         return torch.randn(self.cfg.batch, n_dim, generator=g)[self.local()]
 
     def wrap_for_processes(self) -> None:
-        "DistributedDataParallel wrappers (after any checkpoint has been loaded)."
-        if self.info.world == 1: return
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        ids = [self.device.index] if self.device.type == "cuda" else None
-        self.G_train, self.D_train = DDP(self.G, device_ids=ids), DDP(self.D, device_ids=ids)
+        "DistributedDataParallel wrappers and `torch.compile` where configured (after any checkpoint has been loaded)."
+        if self.info.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.G_train, self.D_train = DDP(self.G, device_ids=ids), DDP(self.D, device_ids=ids)
+        if self.cfg.compile:  # the networks' own weights are shared: checkpoints and validation see the same modules
+            mode = None if self.cfg.compile == "default" else self.cfg.compile
+            self.G_train, self.D_train = torch.compile(self.G_train, mode=mode), torch.compile(self.D_train, mode=mode)
 
     def train_step(self, step: int, last_good: str = "") -> dict:
         "One GAN step (`gan_step`) with this trainer's hooks."

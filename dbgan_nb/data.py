@@ -306,8 +306,8 @@ def _patch_size(patch: int | tuple[int, int] | None) -> tuple[int, int] | None:
 
 
 def crop_and_augment(images: Sequence[np.ndarray], patch: tuple[int, int] | None, augment: bool, seed: int,
-                     index: int = 0, names: Sequence[str] = (), colour: bool = False) -> list[np.ndarray]:
-    "The same random crop, dihedral op and (with colour) RGB permutation, drawn from (seed, index), applied to every image."
+                     index: int = 0, names: Sequence[str] = ()) -> list[np.ndarray]:
+    "The same random crop and dihedral op, drawn from (seed, index), applied to every image of `images`."
     rng = np.random.default_rng([int(seed) % 2**64, int(index) % 2**64])
     h, w = images[0].shape[:2]
     if patch is not None:
@@ -317,11 +317,7 @@ def crop_and_augment(images: Sequence[np.ndarray], patch: tuple[int, int] | None
         top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
         images = [im[top:top + ph, left:left + pw] for im in images]
     op = int(rng.integers(0, 8)) if augment else 0
-    images = [dihedral(im, op) for im in images]
-    if colour:  # drawn last, so runs without it draw exactly what they drew before
-        order = rng.permutation(3)
-        images = [np.ascontiguousarray(im[..., order]) for im in images]
-    return images
+    return [dihedral(im, op) for im in images]
 
 
 def epoch_seed(seed: int, epoch: int, index: int) -> int:
@@ -342,8 +338,8 @@ class PairedDataset(_SeededDataset):
     "Blurred/sharp pairs of a GoPro-layout folder; items {'blur', 'sharp': float32 3xHxW in [0,1], 'name'}."
     def __init__(self, root: str | os.PathLike, split: str = "train", blur_key: str = "blur",
                  patch: int | tuple[int, int] | None = None, augment: bool = False, seed: int = 0,
-                 val_sequences: int = 2, cache: bool = False, colour: bool = False):
-        self.root, self.split, self.blur_key, self.colour = Path(root), split, blur_key, colour
+                 val_sequences: int = 2, cache: bool = False):
+        self.root, self.split, self.blur_key = Path(root), split, blur_key
         self.patch, self.augment, self.seed, self.epoch, self.cache = _patch_size(patch), augment, int(seed), 0, cache
         self.pairs = find_gopro_pairs(root, split, blur_key, val_sequences=val_sequences)
         self.sequences = sorted({p.sequence for p in self.pairs})
@@ -363,7 +359,7 @@ class PairedDataset(_SeededDataset):
     def get(self, index: int, seed: int) -> dict:
         "Item `index` cropped and augmented as a pure function of (index, seed)."
         p = self.pairs[index]
-        blur, sharp = crop_and_augment(self.images(index), self.patch, self.augment, seed, index, [str(p.sharp)], self.colour)
+        blur, sharp = crop_and_augment(self.images(index), self.patch, self.augment, seed, index, [str(p.sharp)])
         return {"blur": image_to_tensor(blur), "sharp": image_to_tensor(sharp), "name": p.name}
 
 

@@ -96,7 +96,6 @@ class TrainConfig(SettingsFile):
     dead_leaves: int = 0                   # dead-leaves images added to the sharp pool of sources bgan/kernel (0: photos only)
     kernel_size: int = 31                  # trajectory kernel size for source="kernel"
     augment: bool = True                   # random dihedral flips/rotations of the patches
-    colour_augment: bool = False           # DBGAN: also a random permutation of the RGB channels (both images of a pair)
     # models
     arch: str = "rdb"                      # DBGAN's G: "rdb" (paper text, figure 2) or "rrdb" (the released G.pth)
     n_blocks: Optional[int] = None         # blocks in G (RDBs, or RRDBs for arch rrdb); None -> paper (BGAN 9, DBGAN 16)

@@ -311,8 +311,7 @@ class DBGANPairs:
 
     def setup_data(self) -> None:
         c = self.cfg
-        kw = dict(blur_key=c.blur_key, augment=c.augment, seed=c.seed, val_sequences=c.val_sequences, cache=True,
-                  colour=c.colour_augment)
+        kw = dict(blur_key=c.blur_key, augment=c.augment, seed=c.seed, val_sequences=c.val_sequences, cache=True)
         if self.real_share() > 0:
             self.pairs = PairedDataset(self.root, "train", patch=c.patch, **kw)
             self.streams["pairs"] = len(self.pairs)

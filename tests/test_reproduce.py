@@ -67,3 +67,27 @@ def test_cli_refuses_unknown_parameter_before_running(tmp_path, capsys):
     assert "dbgan_iteratons" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
     assert reproduce_cli(["-f", str(tmp_path / "missing.yaml")]) == 2
+
+
+def test_runs_train_one_by_one_and_ship_as_reference_weights(tmp_path, capsys):
+    "dbgan-reproduce --run NAME trains one run of the experiment; --export-weights ships them all, checked on load."
+    from dbgan_nb.data import build_default_dataset
+    from dbgan_nb.reproduce import load_reference_weights
+    data = build_default_dataset(tmp_path / "data", scale="small", progress=False)
+    tiny = dict(mode="quick", data_root=str(data), out_dir=str(tmp_path / "runs"), threads=1, bgan_iterations=2,
+                dbgan_iterations=2, bgan_blocks=1, dbgan_blocks=1, nf=8, gc=4, d_nf=8, patch=32, batch=2, kernel_size=9,
+                val_every=2, val_crop=None, val_max_images=1)
+    params = tmp_path / "tiny.yaml"
+    params.write_text(yaml.safe_dump(tiny))
+    assert reproduce_cli(["-f", str(params), "--export-weights", str(tmp_path / "w"), "--quiet"]) == 2
+    assert "runs not finished: bgan (not trained)" in capsys.readouterr().err
+    for name in ("bgan", "dbgan_bgan", "dbgan_kernel", "dbgan_real"):
+        assert reproduce_cli(["-f", str(params), "--run", name, "--quiet"]) == 0, name
+    assert reproduce_cli(["-f", str(params), "--run", "dbgan_fancy", "--quiet"]) == 2
+    assert "unknown run" in capsys.readouterr().err
+    assert reproduce_cli(["-f", str(params), "--export-weights", str(tmp_path / "w"), "--quiet"]) == 0
+    shipped = load_reference_weights(tmp_path / "w")
+    assert sorted(shipped["dbgan"]) == ["bgan", "kernel", "real"] and shipped["bgan"] is not None
+    manifest = shipped["manifest"]
+    assert manifest["runs"]["dbgan_real"]["steps"] == 2 and manifest["dataset"]["manifest_sha256"]
+    assert {"bgan.pt", "dbgan_real.pt", "logs/dbgan_real_val.csv", "logs/bgan_config.yaml"} <= set(manifest["files"])

@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 DATA ?= data/default
 export MPLBACKEND := Agg
 
-.PHONY: setup reproduce test sync-check nbtest pytest data bench gpu-check docs clean
+.PHONY: setup reproduce test sync-check nbtest pytest data bench gpu-check docs outputs clean
 
 # Create the virtual environment once and install the package with its dev extras.
 $(VENV)/.installed: settings.ini setup.py
@@ -48,20 +48,34 @@ GPU_PYTHON ?= python3
 gpu-check:
 	PYTHONPATH=. $(GPU_PYTHON) -c "import sys; from dbgan_nb.gpu_check import gpu_check_cli; sys.exit(gpu_check_cli())"
 
+# Executing chapters: an IPC kernel (no TCP ports), the inline figure backend (the Makefile's Agg would hide figures),
+# JPEG figures at 60 dpi so the committed notebooks stay small enough to read on GitHub.
+NBS ?= nbs/index.ipynb nbs/[0-9]*.ipynb
+EXECUTE = MPLBACKEND=module://matplotlib_inline.backend_inline $(BIN)/jupyter nbconvert --execute \
+	--ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.kernel_name=python3 --log-level=WARN \
+	--ExecutePreprocessor.extra_arguments='["--InlineBackend.figure_formats=jpeg", "--InlineBackend.rc={\"figure.dpi\": 60}"]' \
+	--KernelManager.transport=ipc --KernelManager.ip=$$sockets/kernel
+
 # The chapters executed (CPU, quick settings: the reproduction reuses runs/reproduce) and rendered to HTML in _docs/,
 # index.html first. MATHJAX_URL=file:///path/MathJax.js?config=TeX-AMS_CHTML-full renders equations offline.
 DOCS ?= _docs
 MATHJAX_URL ?=
 docs: setup
 	@mkdir -p $(DOCS)
-	@sockets=$$(mktemp -d); for nb in nbs/index.ipynb nbs/[0-9]*.ipynb; do \
+	@sockets=$$(mktemp -d); for nb in $(NBS); do \
 	  echo "executing and rendering $$nb"; \
-	  $(BIN)/jupyter nbconvert --to html --execute --ExecutePreprocessor.timeout=-1 --ExecutePreprocessor.kernel_name=python3 \
-	    --KernelManager.transport=ipc --KernelManager.ip=$$sockets/kernel --log-level=WARN \
-	    $(if $(MATHJAX_URL),--HTMLExporter.mathjax_url="$(MATHJAX_URL)") --output-dir $(DOCS) $$nb || exit 1; \
+	  $(EXECUTE) --to html $(if $(MATHJAX_URL),--HTMLExporter.mathjax_url="$(MATHJAX_URL)") --output-dir $(DOCS) $$nb || exit 1; \
 	done; rm -rf $$sockets
 	@sed -i 's/\(href="[^"#]*\)\.ipynb\(#[^"]*\)\?"/\1.html\2"/g' $(DOCS)/*.html  # chapter links point at the pages
 	@echo "wrote $(DOCS)/index.html and $$(ls $(DOCS)/*.html | wc -l) pages"
+
+# The committed outputs: every chapter executed in place (after `make reproduce`, whose runs the reproduction chapter
+# reuses), then cleaned of execution counts and metadata. For maintainers; readers see the outputs on GitHub.
+outputs: setup
+	@sockets=$$(mktemp -d); for nb in $(NBS); do \
+	  echo "executing $$nb"; OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} $(EXECUTE) --to notebook --inplace $$nb || exit 1; \
+	done; rm -rf $$sockets
+	$(BIN)/nbdev_clean
 
 data: setup
 	$(BIN)/dbgan-make-data --out $(DATA)

@@ -23,7 +23,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 import yaml
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .data import Pair, read_image, synthesize_gopro_blur, tensor_to_image, trajectory_kernel
 from .inference import deblur_image

@@ -430,7 +430,7 @@ def _resume_hint(kind: str, out: Path) -> str:
 # %% ../nbs/05_train.ipynb #102c0caf
 def fit(trainer: GANTrainer, stop: StopSignals, resumed: bool, progress: bool = True) -> None:
     "Run `trainer` from its current step to cfg.iterations (or a stop request)."
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # not tqdm.auto: its widget needs ipywidgets, and warns without it
     cfg, info, out, kind = trainer.cfg, trainer.info, trainer.out, trainer.kind
     start = trainer.step
     if start >= cfg.iterations:

@@ -8,12 +8,14 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import multiprocessing
 import os
 import shutil
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 import matplotlib
@@ -42,7 +44,7 @@ __all__ = ['MPRNET_TABLE', 'PUBLISHED_GOPRO', 'PUBLISHED_OTHER', 'TABLE_COLUMNS'
            'discriminator_traces_figure', 'point_grid', 'synthesiser_figure', 'claim_verdict', 'load_seed_study',
            'export_reference_weights', 'load_reference_weights', 'notebook_parameters', 'check_parameter_keys',
            'default_notebook', 'reproduce_parameters', 'experiment_data', 'experiment_configs', 'train_run',
-           'train_one_run', 'export_runs', 'reproduce_cli']
+           'run_prerequisites', 'train_runs', 'train_one_run', 'export_runs', 'reproduce_cli']
 
 # %% ../nbs/10_reproduce_gopro.ipynb #01f148e8
 def find_repo_root(start: str | os.PathLike | None = None) -> Path | None:
@@ -419,6 +421,52 @@ def train_run(kind: str, cfg: TrainConfig, reuse: bool = True, progress: bool = 
         if "cannot resume with different settings" not in str(e): raise
         print(f"{cfg.out}: settings changed, training from scratch")
         return train(kind, cfg, force=True, progress=progress)
+
+
+def run_prerequisites(runs: dict[str, tuple[str, TrainConfig]]) -> dict[str, list[str]]:
+    "For each run, the runs it starts from: a BGAN-sourced DBGAN needs its BGAN's final weights."
+    outs = {Path(cfg.out): name for name, (_, cfg) in runs.items()}
+    return {name: [outs[Path(cfg.bgan_checkpoint).parent]] if cfg.bgan_checkpoint and Path(cfg.bgan_checkpoint).parent in outs
+            else [] for name, (_, cfg) in runs.items()}
+
+
+def _train_in_worker(kind: str, cfg: TrainConfig, reuse: bool) -> tuple[Path, float]:
+    "One run in a worker process of one thread (a `threads` setting in `cfg` still wins); (run folder, seconds)."
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    return train_run(kind, cfg, reuse, progress=False), time.perf_counter() - start
+
+
+def train_runs(runs: dict[str, tuple[str, TrainConfig]], reuse: bool = True, workers: int = 1,
+               progress: bool = True) -> tuple[dict[str, Path], dict[str, float]]:
+    "Train every run (name -> (kind, config)), one by one or `workers` side by side; (run folders, seconds) by name."
+    folders, seconds = {}, {}
+    if workers <= 1:
+        for name, (kind, cfg) in runs.items():
+            start = time.perf_counter()
+            folders[name], seconds[name] = train_run(kind, cfg, reuse, progress), time.perf_counter() - start
+        return folders, seconds
+    # the worker by its module path: a function defined in a notebook's namespace cannot be unpickled in another process
+    from dbgan_nb.reproduce import _train_in_worker
+    needs, waiting, started = run_prerequisites(runs), list(runs), {}
+    # spawn, not fork: a forked worker would inherit the parent's OpenMP and autograd thread pools
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
+         tqdm(total=len(runs), desc="training runs", unit="run", disable=not progress) as bar:
+        try:
+            while waiting or started:
+                for name in [n for n in waiting if all(d in folders for d in needs[n])]:
+                    waiting.remove(name)
+                    started[pool.submit(_train_in_worker, *runs[name], reuse)] = name
+                finished, _ = wait(started, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    name = started.pop(future)
+                    folders[name], seconds[name] = future.result()  # re-raises a worker's error here
+                    bar.set_postfix_str(f"{name} {seconds[name]:.0f} s")
+                    bar.update()
+        except BaseException:
+            pool.shutdown(cancel_futures=True)  # runs not yet started never start; those in progress end and stay resumable
+            raise
+    return folders, seconds
 
 # %% ../nbs/10_reproduce_gopro.ipynb #7e3462af
 def train_one_run(name: str, params: dict, root: Path, progress: bool = True) -> int:

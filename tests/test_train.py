@@ -22,7 +22,6 @@ from skimage import io as skio
 from skimage.transform import resize
 
 from dbgan_nb.models import load_generator
-from dbgan_nb.runs import TrainConfig
 from dbgan_nb.train import train_cli
 
 # The trainer reads no environment variables; this launcher turns two of its own into TrainHooks callbacks:

@@ -430,11 +430,16 @@ def run_prerequisites(runs: dict[str, tuple[str, TrainConfig]]) -> dict[str, lis
             else [] for name, (_, cfg) in runs.items()}
 
 
+def _timed_run(kind: str, cfg: TrainConfig, reuse: bool, progress: bool) -> tuple[Path, float]:
+    "train_run, and the seconds it took."
+    start = time.perf_counter()
+    return train_run(kind, cfg, reuse, progress), time.perf_counter() - start
+
+
 def _train_in_worker(kind: str, cfg: TrainConfig, reuse: bool) -> tuple[Path, float]:
     "One run in a worker process of one thread (a `threads` setting in `cfg` still wins); (run folder, seconds)."
     torch.set_num_threads(1)
-    start = time.perf_counter()
-    return train_run(kind, cfg, reuse, progress=False), time.perf_counter() - start
+    return _timed_run(kind, cfg, reuse, progress=False)
 
 
 def train_runs(runs: dict[str, tuple[str, TrainConfig]], reuse: bool = True, workers: int = 1,
@@ -443,8 +448,7 @@ def train_runs(runs: dict[str, tuple[str, TrainConfig]], reuse: bool = True, wor
     folders, seconds = {}, {}
     if workers <= 1:
         for name, (kind, cfg) in runs.items():
-            start = time.perf_counter()
-            folders[name], seconds[name] = train_run(kind, cfg, reuse, progress), time.perf_counter() - start
+            folders[name], seconds[name] = _timed_run(kind, cfg, reuse, progress)
         return folders, seconds
     # the worker by its module path: a function defined in a notebook's namespace cannot be unpickled in another process
     from dbgan_nb.reproduce import _train_in_worker

@@ -25,14 +25,14 @@ from tqdm import tqdm
 from .utils import EXIT_USAGE, add_quiet_option, report_error, sha256_file, write_atomically, write_text_atomic
 
 # %% auto #0
-__all__ = ['IMAGE_SUFFIXES', 'REALBLUR_LISTS', 'GAMMA', 'DEFAULT_EXTENT', 'DEFAULT_PHOTOS', 'DATASET_SCALES', 'SUBFRAME_CHOICES',
+__all__ = ['IMAGE_SUFFIXES', 'REALBLUR_LISTS', 'GAMMA', 'DEFAULT_EXTENT', 'SUBFRAME_CHOICES', 'DEFAULT_PHOTOS', 'DATASET_SCALES',
            'MANIFEST_FORMAT', 'as_rgb_uint8', 'read_image', 'write_image', 'image_to_tensor', 'to_levels',
            'quantize_8bit', 'tensor_to_image', 'Pair', 'list_images', 'find_gopro_pairs', 'find_hide_pairs',
            'find_realblur_pairs', 'dihedral', 'crop_and_augment', 'epoch_seed', 'PairedDataset', 'UnpairedDataset',
            'GoProBlur', 'gopro_margin', 'camera_path', 'render_subframes', 'average_subframes', 'synthesize_gopro_blur',
-           'boracchi_foi_trajectory', 'splat_trajectory', 'trajectory_kernel', 'apply_kernel', 'power_law_radii',
-           'dead_leaves_image', 'DeadLeaves', 'bundled_photo', 'skimage_version', 'build_default_dataset',
-           'default_data_dir', 'ensure_default_dataset', 'make_data_cli']
+           'GoProRenders', 'dataset_extent', 'boracchi_foi_trajectory', 'splat_trajectory', 'trajectory_kernel',
+           'apply_kernel', 'power_law_radii', 'dead_leaves_image', 'DeadLeaves', 'bundled_photo', 'skimage_version',
+           'build_default_dataset', 'default_data_dir', 'ensure_default_dataset', 'make_data_cli']
 
 # %% ../nbs/00_data.ipynb #7532be8d
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
@@ -491,6 +491,36 @@ def synthesize_gopro_blur(sharp: np.ndarray, n_frames: int = 7, rng: np.random.G
     frames = render_subframes(sharp, path, margin)
     return GoProBlur(average_subframes(frames), average_subframes(frames, GAMMA), frames[n_frames // 2].copy())
 
+# %% ../nbs/00_data.ipynb #6e21b1da
+SUBFRAME_CHOICES = (7, 9, 11, 13)  # sub-frames averaged per blurred frame (Nah et al.)
+
+
+class GoProRenders(_SeededDataset):
+    "Fresh GoPro-protocol pairs of the sharp frames of a PairedDataset: a new camera path per (index, seed)."
+    def __init__(self, pairs: PairedDataset, extent: float, patch: int | tuple[int, int], augment: bool = False, blur_key: str = "blur"):
+        if blur_key not in ("blur", "blur_gamma"): raise ValueError(f"blur_key must be 'blur' or 'blur_gamma', got {blur_key!r}")
+        self.pairs, self.extent, self.patch, self.augment, self.blur_key = pairs, float(extent), _patch_size(patch), augment, blur_key
+        self.seed, self.epoch, self.margin = pairs.seed, 0, gopro_margin(self.extent)
+
+    def __len__(self) -> int: return len(self.pairs)
+
+    def get(self, index: int, seed: int) -> dict:
+        "A fresh (blur, sharp) pair of patch size from frame `index`, as a pure function of (index, seed)."
+        _, sharp = self.pairs.images(index)
+        (ph, pw), m = self.patch, self.margin
+        (window,) = crop_and_augment([sharp], (ph + 2 * m, pw + 2 * m), self.augment, seed, index, [str(self.pairs.pairs[index].sharp)])
+        rng = np.random.default_rng([int(seed) % 2**64, int(index) % 2**64, 1])  # its own stream: not the crop's
+        made = synthesize_gopro_blur(window, int(rng.choice(SUBFRAME_CHOICES)), rng, self.extent, margin=m)
+        blur = made.blur if self.blur_key == "blur" else made.blur_gamma
+        return {"blur": image_to_tensor(blur), "sharp": image_to_tensor(made.sharp), "name": f"render/{self.pairs.pairs[index].name}"}
+
+def dataset_extent(root: str | os.PathLike) -> float:
+    "The blur extent (px) a bundled dataset was made with, from its manifest; an error for data made otherwise."
+    manifest = Path(root) / "manifest.json"
+    if not manifest.is_file():
+        raise ValueError(f"{root} has no manifest.json: fresh renders need the bundled dataset, whose manifest gives the blur extent")
+    return float(json.loads(manifest.read_text())["parameters"]["extent_px"])
+
 # %% ../nbs/00_data.ipynb #8360d935
 def boracchi_foi_trajectory(rng: np.random.Generator, n_points: int = 64, length: float = 30.0, anxiety: float | None = None,
                             centripetal: float | None = None, gaussian: float | None = None, jerk_probability: float = 0.005) -> np.ndarray:
@@ -622,7 +652,6 @@ DATASET_SCALES = {
               "frames": {"train": 2, "val": 2, "test": 2}, "real_blur_per_photo": 1, "extent": 8.0},
 }
 
-SUBFRAME_CHOICES = (7, 9, 11, 13)
 MANIFEST_FORMAT = "dbgan-nb/default-dataset"
 
 

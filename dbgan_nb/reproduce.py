@@ -406,8 +406,10 @@ def experiment_configs(p: dict, data_path: Path, out_path: Path) -> dict[str, tu
                                     perceptual_weights=p["bgan_perceptual_weights"], perceptual_layer=p["bgan_perceptual_layer"],
                                     lowpass_sigma=p["bgan_lowpass_sigma"]))}
     for source in p["sources"]:
+        # "renders": the real pairs, each replaced with probability p["renders"] by a fresh render of the same frame
         runs[f"dbgan_{source}"] = ("dbgan", config(
-            f"dbgan_{source}", p["dbgan_iterations"], source=source, arch=p["dbgan_arch"], n_blocks=p["dbgan_blocks"],
+            f"dbgan_{source}", p["dbgan_iterations"], source="real" if source == "renders" else source,
+            renders=p["renders"] if source == "renders" else 0.0, arch=p["dbgan_arch"], n_blocks=p["dbgan_blocks"],
             perceptual_weights=p["perceptual_weights"], perceptual_layer=p["perceptual_layer"], real_ratio=p["real_ratio"],
             dead_leaves=0 if source == "real" else p["dead_leaves"],
             bgan_checkpoint=str(out_path / "bgan" / "last.pt") if source == "bgan" else None))
@@ -481,8 +483,13 @@ def train_one_run(name: str, params: dict, root: Path, progress: bool = True) ->
     if name not in runs: return report_error("dbgan-reproduce", f"--run {name}: unknown run; the experiment has {', '.join(runs)}", EXIT_USAGE)
     kind, cfg = runs[name]
     if params["threads"]: torch.set_num_threads(params["threads"])
-    try: print(f"trained {train_run(kind, cfg, params['reuse_runs'], progress)}")
+    try: run = train_run(kind, cfg, params['reuse_runs'], progress)
     except (FileNotFoundError, ValueError) as e: return report_error("dbgan-reproduce", e, EXIT_USAGE)
+    # a run stopped by a signal returns normally with its checkpoint saved: say so, and fail, so that `&&` chains stop
+    if (step := load_checkpoint(run / "last.pt")["step"]) < cfg.iterations:
+        return report_error("dbgan-reproduce", f"{name} stopped at step {step} of {cfg.iterations} (last.pt saved in {run}); "
+                            "the same command resumes it")
+    print(f"trained {run}")
     return EXIT_OK
 
 

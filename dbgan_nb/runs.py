@@ -93,6 +93,7 @@ class TrainConfig(SettingsFile):
     source: str = "bgan"                   # DBGAN pairs: "bgan" (BGAN-made), "real" (real pairs), "kernel" (kernel blur)
     bgan_checkpoint: Optional[str] = None  # trained BGAN (last.pt/best.pt) for source="bgan"
     real_ratio: float = 0.0                # chance that a DBGAN sample is a real pair instead (source bgan/kernel)
+    renders: float = 0.0                   # chance that a real pair is a fresh GoPro-protocol render instead (bundled data)
     dead_leaves: int = 0                   # dead-leaves images added to the sharp pool of sources bgan/kernel (0: photos only)
     kernel_size: int = 31                  # trajectory kernel size for source="kernel"
     augment: bool = True                   # random dihedral flips/rotations of the patches
@@ -213,6 +214,7 @@ def check_config(cfg: TrainConfig, kind: str) -> None:
     need(cfg.loss_kind in ("ls", "bce"), "loss_kind", "must be 'ls' or 'bce'")
     need(cfg.blur_key in ("blur", "blur_gamma"), "blur_key", "must be 'blur' or 'blur_gamma'")
     need(0.0 <= cfg.real_ratio <= 1.0, "real_ratio", "must be in [0, 1]")
+    need(0.0 <= cfg.renders <= 1.0, "renders", "must be in [0, 1]")
     need(cfg.dead_leaves >= 0, "dead_leaves", "must be >= 0")
     need(cfg.lowpass_sigma is None or cfg.lowpass_sigma > 0, "lowpass_sigma", "must be positive (or null: no BGAN content term)")
     need(cfg.arch in ("rdb", "rrdb"), "arch", "must be 'rdb' (paper figure 2) or 'rrdb' (the released G.pth)")

@@ -19,8 +19,8 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .data import (DeadLeaves, PairedDataset, UnpairedDataset, apply_kernel, image_to_tensor, quantize_8bit,
-                           tensor_to_image, trajectory_kernel)
+from .data import (DeadLeaves, GoProRenders, PairedDataset, UnpairedDataset, apply_kernel, dataset_extent,
+                           image_to_tensor, quantize_8bit, tensor_to_image, trajectory_kernel)
 from .losses import BGANLoss, DBGANLoss, PerceptualLoss
 from .metrics import psnr, ssim2d
 from .models import (BGANGenerator, DBGANGenerator, ReleaseGenerator, VGGDiscriminator, generator_checkpoint,
@@ -315,6 +315,7 @@ class DBGANPairs:
         if self.real_share() > 0:
             self.pairs = PairedDataset(self.root, "train", patch=c.patch, **kw)
             self.streams["pairs"] = len(self.pairs)
+            self.renders = GoProRenders(self.pairs, dataset_extent(self.root), c.patch, c.augment, c.blur_key) if c.renders else None
         if self.real_share() < 1:
             margin = c.kernel_size - 1 if c.source == "kernel" else 0
             self.sharp = PairedDataset(self.root, "train", patch=c.patch + margin, **kw)
@@ -332,6 +333,11 @@ class DBGANPairs:
         share = self.real_share()
         if share in (0.0, 1.0): return share == 1.0
         return np.random.default_rng(derive_seed(self.cfg.seed, "mix", index, j)).random() < share
+
+    def is_render(self, index: int, j: int) -> bool:
+        "Whether real sample j of data step `index` is a fresh GoPro-protocol render rather than a bundled pair."
+        if not self.cfg.renders: return False
+        return self.cfg.renders == 1.0 or np.random.default_rng(derive_seed(self.cfg.seed, "render", index, j)).random() < self.cfg.renders
 
     def sharp_patch(self, index: int, seed: int) -> torch.Tensor:
         "Sharp patch `index` of the pool for synthetic blur: the training photos' sharp frames, then any dead leaves."
@@ -356,7 +362,8 @@ class DBGANPairs:
         blurs, sharps, to_bgan = [None] * len(js), [None] * len(js), []
         for n, j in enumerate(js):
             if self.is_real(index, j):
-                it = self.pairs.get(*pair_plan[j]); blurs[n], sharps[n] = it["blur"], it["sharp"]
+                it = (self.renders if self.is_render(index, j) else self.pairs).get(*pair_plan[j])
+                blurs[n], sharps[n] = it["blur"], it["sharp"]
             elif c.source == "kernel":
                 i, s = sharp_plan[j]
                 blurs[n], sharps[n] = self.kernel_blur(self.sharp_patch(i, s), derive_seed(c.seed, "kernel", index, j))

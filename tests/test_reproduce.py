@@ -81,8 +81,19 @@ def test_runs_train_one_by_one_and_ship_as_reference_weights(tmp_path, capsys):
     params.write_text(yaml.safe_dump(tiny))
     assert reproduce_cli(["-f", str(params), "--export-weights", str(tmp_path / "w"), "--quiet"]) == 2
     assert "runs not finished: bgan (not trained)" in capsys.readouterr().err
+    # a run stopped early (as SIGTERM would) fails and says so; the same command then resumes and finishes it
+    import dataclasses
+    import dbgan_nb.reproduce as reproduce
+    real_train_run = reproduce.train_run
+    stopped = lambda kind, cfg, *a, **k: real_train_run(kind, dataclasses.replace(cfg, stop_after=1), *a, **k)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(reproduce, "train_run", stopped)
+        assert reproduce_cli(["-f", str(params), "--run", "bgan", "--quiet"]) == 1
+    out = capsys.readouterr()
+    assert "bgan stopped at step 1 of 2" in out.err and "trained" not in out.out
     for name in ("bgan", "dbgan_bgan", "dbgan_kernel", "dbgan_real"):
         assert reproduce_cli(["-f", str(params), "--run", name, "--quiet"]) == 0, name
+    assert "trained" in capsys.readouterr().out
     assert reproduce_cli(["-f", str(params), "--run", "dbgan_fancy", "--quiet"]) == 2
     assert "unknown run" in capsys.readouterr().err
     assert reproduce_cli(["-f", str(params), "--export-weights", str(tmp_path / "w"), "--quiet"]) == 0

@@ -10,6 +10,7 @@ import multiprocessing
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -17,11 +18,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import SUBFRAME_CHOICES, apply_kernel, image_to_tensor, synthesize_gopro_blur, tensor_to_image, trajectory_kernel
+from .models import load_generator
 from .utils import pick_device
 
 # %% auto #0
 __all__ = ['BlurClassifier', 'centre_crop_to', 'paired_frames', 'paired_patches', 'RealismTest', 'realism_accuracy',
-           'realism_verdict', 'realism_accuracies', 'kernel_blur_frames', 'bgan_blur_frames', 'gopro_resample_frames']
+           'realism_verdict', 'realism_accuracies', 'kernel_blur_frames', 'bgan_blur_frames', 'gopro_resample_frames',
+           'bgan_realism']
 
 # %% ../nbs/06_realism.ipynb #8855a25b
 class BlurClassifier(nn.Module):
@@ -158,3 +161,12 @@ def gopro_resample_frames(sharp: Sequence[np.ndarray], seed: int = 0, extent: fl
     rng = np.random.default_rng(seed)
     kw = {} if extent is None else {"extent": extent}
     return [synthesize_gopro_blur(s, int(rng.choice(SUBFRAME_CHOICES)), rng, **kw).blur for s in sharp]
+
+# %% ../nbs/06_realism.ipynb #bd3dd7fc
+def bgan_realism(checkpoint: str | Path, real_train: Sequence[np.ndarray], sharp_train: Sequence[np.ndarray],
+                 real_test: Sequence[np.ndarray], sharp_test: Sequence[np.ndarray], seed: int = 0,
+                 test: RealismTest = RealismTest(), device: str | torch.device = "cpu") -> dict:
+    "realism_accuracy of the BGAN saved in `checkpoint`: its blur of the training frames (seed) against its blur of the held-out ones (seed + 1)."
+    bgan = load_generator(checkpoint)
+    return realism_accuracy(real_train, bgan_blur_frames(bgan, sharp_train, seed, device), real_test,
+                            bgan_blur_frames(bgan, sharp_test, seed + 1, device), test, device)

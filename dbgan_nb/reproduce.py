@@ -14,9 +14,10 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import matplotlib
 import matplotlib.pyplot as plt
@@ -44,7 +45,7 @@ __all__ = ['MPRNET_TABLE', 'PUBLISHED_GOPRO', 'PUBLISHED_OTHER', 'TABLE_COLUMNS'
            'discriminator_traces_figure', 'point_grid', 'synthesiser_figure', 'claim_verdict', 'load_seed_study',
            'export_reference_weights', 'load_reference_weights', 'notebook_parameters', 'check_parameter_keys',
            'default_notebook', 'reproduce_parameters', 'experiment_data', 'experiment_configs', 'train_run',
-           'run_prerequisites', 'train_runs', 'train_one_run', 'export_runs', 'reproduce_cli']
+           'run_prerequisites', 'SideJob', 'train_runs', 'train_one_run', 'export_runs', 'reproduce_cli']
 
 # %% ../nbs/10_reproduce_gopro.ipynb #01f148e8
 def find_repo_root(start: str | os.PathLike | None = None) -> Path | None:
@@ -327,7 +328,7 @@ def _cpu_name() -> str:
 
 
 def load_reference_weights(folder: str | os.PathLike) -> dict | None:
-    "{'bgan': G, 'dbgan': {source: G}, 'manifest', 'description', 'logs'} from a weights folder (None without a manifest)."
+    "{'bgan': G, 'dbgan': {source: G}, 'files': {run: path}, 'manifest', 'description', 'logs'} from a weights folder (None without a manifest)."
     folder = Path(folder)
     if not (folder / "manifest.json").is_file(): return None
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -335,7 +336,7 @@ def load_reference_weights(folder: str | os.PathLike) -> dict | None:
     load = lambda name: load_generator(folder / manifest["runs"][name]["file"], sha256=manifest["files"][manifest["runs"][name]["file"]])
     return dict(bgan=load("bgan") if "bgan" in manifest["runs"] else None, manifest=manifest, logs=folder / "logs",
                 dbgan={n.removeprefix("dbgan_"): load(n) for n in manifest["runs"] if n.startswith("dbgan_")},
-                description=manifest["description"])
+                files={n: folder / run["file"] for n, run in manifest["runs"].items()}, description=manifest["description"])
 
 # %% ../nbs/10_reproduce_gopro.ipynb #8ea9e720
 def notebook_parameters(path: str | os.PathLike) -> dict:
@@ -444,35 +445,67 @@ def _train_in_worker(kind: str, cfg: TrainConfig, reuse: bool) -> tuple[Path, fl
     return _timed_run(kind, cfg, reuse, progress=False)
 
 
-def train_runs(runs: dict[str, tuple[str, TrainConfig]], reuse: bool = True, workers: int = 1,
-               progress: bool = True) -> tuple[dict[str, Path], dict[str, float]]:
-    "Train every run (name -> (kind, config)), one by one or `workers` side by side; (run folders, seconds) by name."
-    folders, seconds = {}, {}
-    if workers <= 1:
+class SideJob(NamedTuple):
+    "Work for the workers' idle time while runs train: `function(*args)`, started once the runs named in `needs` are trained."
+    function: Callable
+    args: tuple = ()
+    needs: tuple[str, ...] = ()
+
+
+def _side_job_in_worker(function: Callable, args: tuple) -> tuple[Any, float]:
+    "A side job in a worker process of one thread, as the runs are trained; (result, seconds)."
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    return function(*args), time.perf_counter() - start
+
+
+def _check_side_jobs(runs: dict, side_jobs: dict[str, SideJob]) -> None:
+    "ValueError for a side job named like a run or needing a run the experiment does not have."
+    if clash := sorted(set(runs) & set(side_jobs)): raise ValueError(f"side jobs named like runs: {', '.join(clash)}")
+    if unknown := {n: [d for d in j.needs if d not in runs] for n, j in side_jobs.items() if any(d not in runs for d in j.needs)}:
+        raise ValueError(f"side jobs need runs the experiment does not have: {unknown}")
+
+
+def train_runs(runs: dict[str, tuple[str, TrainConfig]], reuse: bool = True, workers: int = 1, progress: bool = True,
+               side_jobs: dict[str, SideJob] | None = None) -> tuple[dict[str, Path], dict[str, float], dict[str, Any]]:
+    "Train every run (name -> (kind, config)), one by one or `workers` side by side, and do the side jobs when a worker would idle; (run folders, seconds, side-job results) by name."
+    side_jobs = side_jobs or {}
+    _check_side_jobs(runs, side_jobs)
+    folders, seconds, results = {}, {}, {}
+    if workers <= 1:  # in this process, with its threads: the runs, then the side jobs
         for name, (kind, cfg) in runs.items():
             folders[name], seconds[name] = _timed_run(kind, cfg, reuse, progress)
-        return folders, seconds
-    # the worker by its module path: a function defined in a notebook's namespace cannot be unpickled in another process
-    from dbgan_nb.reproduce import _train_in_worker
-    needs, waiting, started = run_prerequisites(runs), list(runs), {}
+        for name, job in side_jobs.items():
+            start = time.perf_counter()
+            results[name], seconds[name] = job.function(*job.args), time.perf_counter() - start
+        return folders, seconds, results
+    # the workers by module path: a function defined in a notebook's namespace cannot be unpickled in another process
+    from dbgan_nb.reproduce import _side_job_in_worker, _train_in_worker
+    needs, waiting, side_waiting, started = run_prerequisites(runs), list(runs), list(side_jobs), {}
+    ready = lambda prerequisites: all(d in folders for d in prerequisites)
     # spawn, not fork: a forked worker would inherit the parent's OpenMP and autograd thread pools
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool, \
-         tqdm(total=len(runs), desc="training runs", unit="run", disable=not progress) as bar:
+         tqdm(total=len(runs) + len(side_jobs), desc="training runs", unit="job", disable=not progress) as bar:
         try:
-            while waiting or started:
-                for name in [n for n in waiting if all(d in folders for d in needs[n])]:
+            while waiting or side_waiting or started:
+                for name in [n for n in waiting if ready(needs[n])]:
                     waiting.remove(name)
                     started[pool.submit(_train_in_worker, *runs[name], reuse)] = name
+                # a side job only takes a worker that no run is queued for, so it never delays a run by more than its own length
+                for name in [n for n in side_waiting if ready(side_jobs[n].needs)][:max(workers - len(started), 0)]:
+                    side_waiting.remove(name)
+                    started[pool.submit(_side_job_in_worker, side_jobs[name].function, side_jobs[name].args)] = name
                 finished, _ = wait(started, return_when=FIRST_COMPLETED)
                 for future in finished:
                     name = started.pop(future)
-                    folders[name], seconds[name] = future.result()  # re-raises a worker's error here
+                    if name in runs: folders[name], seconds[name] = future.result()  # re-raises a worker's error here
+                    else: results[name], seconds[name] = future.result()
                     bar.set_postfix_str(f"{name} {seconds[name]:.0f} s")
                     bar.update()
         except BaseException:
             pool.shutdown(cancel_futures=True)  # runs not yet started never start; those in progress end and stay resumable
             raise
-    return folders, seconds
+    return folders, seconds, results
 
 # %% ../nbs/10_reproduce_gopro.ipynb #7e3462af
 def train_one_run(name: str, params: dict, root: Path, progress: bool = True) -> int:

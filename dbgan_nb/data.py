@@ -356,6 +356,10 @@ class PairedDataset(_SeededDataset):
         if self.cache: self._cache[index] = (blur, sharp)
         return blur, sharp
 
+    def sharp_frame(self, index: int) -> tuple[np.ndarray, str]:
+        "(sharp uint8 image, name) of pair `index`: what GoProRenders renders."
+        return self.images(index)[1], self.pairs[index].name
+
     def get(self, index: int, seed: int) -> dict:
         "Item `index` cropped and augmented as a pure function of (index, seed)."
         p = self.pairs[index]
@@ -496,23 +500,24 @@ SUBFRAME_CHOICES = (7, 9, 11, 13)  # sub-frames averaged per blurred frame (Nah 
 
 
 class GoProRenders(_SeededDataset):
-    "Fresh GoPro-protocol pairs of the sharp frames of a PairedDataset: a new camera path per (index, seed)."
-    def __init__(self, pairs: PairedDataset, extent: float, patch: int | tuple[int, int], augment: bool = False, blur_key: str = "blur"):
+    "Fresh GoPro-protocol pairs of sharp frames (a PairedDataset's, or DeadLeaves scenes): a new camera path per (index, seed)."
+    def __init__(self, frames: PairedDataset | DeadLeaves, extent: float, patch: int | tuple[int, int], augment: bool = False,
+                 blur_key: str = "blur"):
         if blur_key not in ("blur", "blur_gamma"): raise ValueError(f"blur_key must be 'blur' or 'blur_gamma', got {blur_key!r}")
-        self.pairs, self.extent, self.patch, self.augment, self.blur_key = pairs, float(extent), _patch_size(patch), augment, blur_key
-        self.seed, self.epoch, self.margin = pairs.seed, 0, gopro_margin(self.extent)
+        self.frames, self.extent, self.patch, self.augment, self.blur_key = frames, float(extent), _patch_size(patch), augment, blur_key
+        self.seed, self.epoch, self.margin = frames.seed, 0, gopro_margin(self.extent)
 
-    def __len__(self) -> int: return len(self.pairs)
+    def __len__(self) -> int: return len(self.frames)
 
     def get(self, index: int, seed: int) -> dict:
         "A fresh (blur, sharp) pair of patch size from frame `index`, as a pure function of (index, seed)."
-        _, sharp = self.pairs.images(index)
+        sharp, name = self.frames.sharp_frame(index)
         (ph, pw), m = self.patch, self.margin
-        (window,) = crop_and_augment([sharp], (ph + 2 * m, pw + 2 * m), self.augment, seed, index, [str(self.pairs.pairs[index].sharp)])
+        (window,) = crop_and_augment([sharp], (ph + 2 * m, pw + 2 * m), self.augment, seed, index, [name])
         rng = np.random.default_rng([int(seed) % 2**64, int(index) % 2**64, 1])  # its own stream: not the crop's
         made = synthesize_gopro_blur(window, int(rng.choice(SUBFRAME_CHOICES)), rng, self.extent, margin=m)
         blur = made.blur if self.blur_key == "blur" else made.blur_gamma
-        return {"blur": image_to_tensor(blur), "sharp": image_to_tensor(made.sharp), "name": f"render/{self.pairs.pairs[index].name}"}
+        return {"blur": image_to_tensor(blur), "sharp": image_to_tensor(made.sharp), "name": f"render/{name}"}
 
 def dataset_extent(root: str | os.PathLike) -> float:
     "The blur extent (px) a bundled dataset was made with, from its manifest; an error for data made otherwise."
@@ -631,6 +636,10 @@ class DeadLeaves(_SeededDataset):
         "Image `index` of the pool (drawn once, then cached)."
         if index not in self._cache: self._cache[index] = dead_leaves_image(self.size, _stream_rng(self.seed, "dead_leaves", index))
         return self._cache[index]
+
+    def sharp_frame(self, index: int) -> tuple[np.ndarray, str]:
+        "(image, name) of scene `index`: what GoProRenders renders."
+        return self.image(index), f"dead_leaves/{index:06d}"
 
     def get(self, index: int, seed: int) -> dict:
         "Item `index` cropped and augmented as a pure function of (index, seed)."

@@ -39,13 +39,13 @@ from .utils import (DEVICE_CHOICES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_quiet_
 
 # %% auto #0
 __all__ = ['MPRNET_TABLE', 'PUBLISHED_GOPRO', 'PUBLISHED_OTHER', 'TABLE_COLUMNS', 'BLURRED_METHOD', 'TABLE_DIGITS',
-           'REFERENCE_FORMAT', 'NOTEBOOK_NAME', 'find_repo_root', 'resolve_under', 'evaluate_model', 'published_label',
-           'table_row', 'build_table', 'table_markdown', 'write_gopro_table', 'save_figure', 'detailed_crop',
-           'qualitative_figure', 'bgan_samples', 'bgan_samples_figure', 'training_curves_figure', 'gain_curves_figure',
-           'discriminator_traces_figure', 'point_grid', 'synthesiser_figure', 'claim_verdict', 'load_seed_study',
-           'export_reference_weights', 'load_reference_weights', 'notebook_parameters', 'check_parameter_keys',
-           'default_notebook', 'reproduce_parameters', 'experiment_data', 'experiment_configs', 'train_run',
-           'run_prerequisites', 'SideJob', 'train_runs', 'train_one_run', 'export_runs', 'reproduce_cli']
+           'REFERENCE_FORMAT', 'NOTEBOOK_NAME', 'ORACLES', 'find_repo_root', 'resolve_under', 'evaluate_model',
+           'published_label', 'table_row', 'build_table', 'table_markdown', 'write_gopro_table', 'save_figure',
+           'detailed_crop', 'qualitative_figure', 'bgan_samples', 'bgan_samples_figure', 'training_curves_figure',
+           'gain_curves_figure', 'discriminator_traces_figure', 'point_grid', 'synthesiser_figure', 'claim_verdict',
+           'load_seed_study', 'export_reference_weights', 'load_reference_weights', 'notebook_parameters',
+           'check_parameter_keys', 'default_notebook', 'reproduce_parameters', 'experiment_data', 'experiment_configs',
+           'train_run', 'run_prerequisites', 'SideJob', 'train_runs', 'train_one_run', 'export_runs', 'reproduce_cli']
 
 # %% ../nbs/10_reproduce_gopro.ipynb #01f148e8
 def find_repo_root(start: str | os.PathLike | None = None) -> Path | None:
@@ -392,6 +392,9 @@ def experiment_data(data_root: str | os.PathLike | None, repo_root: Path) -> tup
     return data_path, (data_path / "manifest.json").is_file()
 
 # %% ../nbs/10_reproduce_gopro.ipynb #9e791755
+ORACLES = ("renders", "leaves")  # sources of real pairs with fresh renders
+
+
 def experiment_configs(p: dict, data_path: Path, out_path: Path) -> dict[str, tuple[str, TrainConfig]]:
     "The experiment's runs by name ('bgan', then 'dbgan_<source>' per source) as (kind, TrainConfig), from the notebook's parameters."
     shared = dict(data_root=str(data_path), real_blur_root=p["real_blur_root"], blur_key=p["blur_key"], nf=p["nf"], gc=p["gc"],
@@ -407,12 +410,13 @@ def experiment_configs(p: dict, data_path: Path, out_path: Path) -> dict[str, tu
                                     perceptual_weights=p["bgan_perceptual_weights"], perceptual_layer=p["bgan_perceptual_layer"],
                                     lowpass_sigma=p["bgan_lowpass_sigma"]))}
     for source in p["sources"]:
-        # "renders": the real pairs, each replaced with probability p["renders"] by a fresh render of the same frame
+        # "renders": the real pairs, each replaced with probability p["renders"] by a fresh render of the same frame;
+        # "leaves": the same, and p["render_leaves"] dead-leaves scenes beside the frames, always rendered
         runs[f"dbgan_{source}"] = ("dbgan", config(
-            f"dbgan_{source}", p["dbgan_iterations"], source="real" if source == "renders" else source,
-            renders=p["renders"] if source == "renders" else 0.0, arch=p["dbgan_arch"], n_blocks=p["dbgan_blocks"],
+            f"dbgan_{source}", p["dbgan_iterations"], source="real" if source in ORACLES else source,
+            renders=p["renders"] if source in ORACLES else 0.0, arch=p["dbgan_arch"], n_blocks=p["dbgan_blocks"],
             perceptual_weights=p["perceptual_weights"], perceptual_layer=p["perceptual_layer"], real_ratio=p["real_ratio"],
-            dead_leaves=0 if source == "real" else p["dead_leaves"],
+            dead_leaves={"real": 0, "renders": 0, "leaves": p["render_leaves"]}.get(source, p["dead_leaves"]),
             bgan_checkpoint=str(out_path / "bgan" / "last.pt") if source == "bgan" else None))
     return runs
 

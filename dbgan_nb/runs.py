@@ -94,7 +94,7 @@ class TrainConfig(SettingsFile):
     bgan_checkpoint: Optional[str] = None  # trained BGAN (last.pt/best.pt) for source="bgan"
     real_ratio: float = 0.0                # chance that a DBGAN sample is a real pair instead (source bgan/kernel)
     renders: float = 0.0                   # chance that a real pair is a fresh GoPro-protocol render instead (bundled data)
-    dead_leaves: int = 0                   # dead-leaves images added to the sharp pool of sources bgan/kernel (0: photos only)
+    dead_leaves: int = 0                   # dead-leaves scenes added to the training content: the sharp pool of sources bgan/kernel, the rendered frames of real pairs with renders > 0 (0: photos only)
     kernel_size: int = 31                  # trajectory kernel size for source="kernel"
     augment: bool = True                   # random dihedral flips/rotations of the patches
     # models
@@ -216,6 +216,8 @@ def check_config(cfg: TrainConfig, kind: str) -> None:
     need(0.0 <= cfg.real_ratio <= 1.0, "real_ratio", "must be in [0, 1]")
     need(0.0 <= cfg.renders <= 1.0, "renders", "must be in [0, 1]")
     need(cfg.dead_leaves >= 0, "dead_leaves", "must be >= 0")
+    need(not (kind == "dbgan" and cfg.source == "real" and cfg.dead_leaves and not cfg.renders), "dead_leaves",
+         "with source 'real' a dead-leaves scene has no bundled blurred twin: it is rendered, so set renders > 0")
     need(cfg.lowpass_sigma is None or cfg.lowpass_sigma > 0, "lowpass_sigma", "must be positive (or null: no BGAN content term)")
     need(cfg.arch in ("rdb", "rrdb"), "arch", "must be 'rdb' (paper figure 2) or 'rrdb' (the released G.pth)")
     need(kind == "dbgan" or cfg.arch == "rdb", "arch", "'rrdb' is the released DBGAN network; BGAN's generator is 'rdb'")

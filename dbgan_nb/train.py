@@ -316,6 +316,10 @@ class DBGANPairs:
             self.pairs = PairedDataset(self.root, "train", patch=c.patch, **kw)
             self.streams["pairs"] = len(self.pairs)
             self.renders = GoProRenders(self.pairs, dataset_extent(self.root), c.patch, c.augment, c.blur_key) if c.renders else None
+            # dead-leaves scenes beside the photos: they have no bundled blurred twin, so they are always rendered
+            self.leaf_renders = (GoProRenders(DeadLeaves(c.dead_leaves, 256, c.seed), self.renders.extent, c.patch, c.augment, c.blur_key)
+                                 if c.renders and c.dead_leaves else None)
+            self.streams["pairs"] += c.dead_leaves if self.leaf_renders else 0
         if self.real_share() < 1:
             margin = c.kernel_size - 1 if c.source == "kernel" else 0
             self.sharp = PairedDataset(self.root, "train", patch=c.patch + margin, **kw)
@@ -353,6 +357,11 @@ class DBGANPairs:
         m = (k - 1) // 2
         return blur[:, m:-m, m:-m], sharp[:, m:-m, m:-m]
 
+    def real_pair(self, index: int, j: int, i: int, seed: int) -> dict:
+        "Real sample j of data step `index`, frame `i` of the plan: a bundled pair, a fresh render of it, or a render of a dead-leaves scene."
+        if i >= len(self.pairs): return self.leaf_renders.get(i - len(self.pairs), seed)
+        return (self.renders if self.is_render(index, j) else self.pairs).get(i, seed)
+
     def make_batch(self, index: int) -> dict:
         c, loc = self.cfg, self.local()
         js = range(c.batch)[loc]
@@ -362,7 +371,7 @@ class DBGANPairs:
         blurs, sharps, to_bgan = [None] * len(js), [None] * len(js), []
         for n, j in enumerate(js):
             if self.is_real(index, j):
-                it = (self.renders if self.is_render(index, j) else self.pairs).get(*pair_plan[j])
+                it = self.real_pair(index, j, *pair_plan[j])
                 blurs[n], sharps[n] = it["blur"], it["sharp"]
             elif c.source == "kernel":
                 i, s = sharp_plan[j]

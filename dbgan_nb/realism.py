@@ -6,9 +6,7 @@
 from __future__ import annotations
 
 import math
-import multiprocessing
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,8 +21,7 @@ from .utils import pick_device
 
 # %% auto #0
 __all__ = ['BlurClassifier', 'centre_crop_to', 'paired_frames', 'paired_patches', 'RealismTest', 'realism_accuracy',
-           'realism_verdict', 'realism_accuracies', 'kernel_blur_frames', 'bgan_blur_frames', 'gopro_resample_frames',
-           'bgan_realism']
+           'realism_verdict', 'kernel_blur_frames', 'bgan_blur_frames', 'gopro_resample_frames', 'bgan_realism']
 
 # %% ../nbs/06_realism.ipynb #8855a25b
 class BlurClassifier(nn.Module):
@@ -119,23 +116,6 @@ def realism_verdict(result: dict) -> str:
     if result["accuracy"] - 2 * result["stderr"] > 0.5: return "told apart"
     learned = result["train_accuracy"] - 2 * math.sqrt(0.25 / result["n_train"]) > 0.5
     return "not told apart" + (" (training patches separated)" if learned else " (not even the training patches)")
-
-# %% ../nbs/06_realism.ipynb #0179d881
-def _realism_job(args: tuple) -> dict:
-    "realism_accuracy in a worker process of one thread."
-    torch.set_num_threads(1)
-    return realism_accuracy(*args)
-
-
-def realism_accuracies(frames: dict[str, tuple], test: RealismTest = RealismTest(), device: str | torch.device = "cpu",
-                       workers: int = 1) -> dict[str, dict]:
-    "realism_accuracy of each name -> (real_train, fake_train, real_test, fake_test); `workers` processes of one thread each."
-    if workers <= 1: return {name: realism_accuracy(*f, test, device) for name, f in frames.items()}
-    # by module path, and spawned: a notebook's functions cannot be unpickled, a fork would inherit the thread pools
-    from dbgan_nb.realism import _realism_job
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {name: pool.submit(_realism_job, (*f, test, str(device))) for name, f in frames.items()}
-        return {name: future.result() for name, future in futures.items()}
 
 # %% ../nbs/06_realism.ipynb #d9d07b52
 def kernel_blur_frames(sharp: Sequence[np.ndarray], kernel_size: int = 31, seed: int = 0) -> list[np.ndarray]:

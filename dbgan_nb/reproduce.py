@@ -466,7 +466,7 @@ def _side_job_in_worker(function: Callable, args: tuple) -> tuple[Any, float]:
 def _check_side_jobs(runs: dict, side_jobs: dict[str, SideJob]) -> None:
     "ValueError for a side job named like a run or needing a run the experiment does not have."
     if clash := sorted(set(runs) & set(side_jobs)): raise ValueError(f"side jobs named like runs: {', '.join(clash)}")
-    if unknown := {n: [d for d in j.needs if d not in runs] for n, j in side_jobs.items() if any(d not in runs for d in j.needs)}:
+    if unknown := {n: missing for n, j in side_jobs.items() if (missing := [d for d in j.needs if d not in runs])}:
         raise ValueError(f"side jobs need runs the experiment does not have: {unknown}")
 
 

@@ -49,12 +49,10 @@ def test_dbgan_deblur_reproduces_the_table(data, tmp_path, capsys):
     # the oracles first: their names say real too, and the one with dead leaves says renders too
     source = {"dead-leaves": "leaves", "renders": "renders", "BGAN": "bgan", "kernel": "kernel", "real": "real"}
     name = next(v for k, v in source.items() if k in best.method)
-    out = tmp_path / "restored"
+    out, digest = tmp_path / "restored", json.loads((WEIGHTS / "manifest.json").read_text())["files"][f"dbgan_{name}.pt"]
     for pair in find_gopro_pairs(data, "test"):
-        target = out / pair.sequence
-        assert deblur_cli([str(pair.blur), "--out", str(target), "--weights", str(WEIGHTS / f"dbgan_{name}.pt"), "--fp32",
-                           "--tile", "0", "--device", "cpu", "--quiet",
-                           "--sha256", json.loads((WEIGHTS / "manifest.json").read_text())["files"][f"dbgan_{name}.pt"]]) == 0
+        assert deblur_cli([str(pair.blur), "--out", str(out / pair.sequence), "--weights", str(WEIGHTS / f"dbgan_{name}.pt"),
+                           "--fp32", "--tile", "0", "--device", "cpu", "--quiet", "--sha256", digest]) == 0
     capsys.readouterr()
     assert eval_cli(["--gopro", str(data), "--pred", str(out), "--quiet", "--device", "cpu"]) == 0
     line = capsys.readouterr().out

@@ -28,7 +28,8 @@ import torch.nn as nn
 import yaml
 from tqdm import tqdm
 
-from .data import Pair, read_image, synthesize_gopro_blur, tensor_to_image, trajectory_kernel
+from .blur import synthesize_gopro_blur, trajectory_kernel
+from .data import Pair, read_image, tensor_to_image
 from .inference import deblur_image
 from .metrics import PROTOCOL, compile_pays_off, image_metrics
 from .models import load_generator

@@ -74,7 +74,8 @@ def test_other_seed_gives_other_images(tmp_path, small_build):
 
 def test_manifest_hashes_match_files(small_build):
     manifest = json.loads((small_build / "manifest.json").read_text())
-    on_disk = sorted(p.relative_to(small_build).as_posix() for p in small_build.rglob("*") if p.is_file() and p.name != "manifest.json")
+    on_disk = sorted(p.relative_to(small_build).as_posix() for p in small_build.rglob("*")
+                     if p.is_file() and p.name != "manifest.json" and p.relative_to(small_build).parts[0] != data.FOREIGN_FOLDER)
     assert [f["path"] for f in manifest["files"]] == on_disk
     for f in manifest["files"]:
         content = (small_build / f["path"]).read_bytes()
@@ -82,6 +83,16 @@ def test_manifest_hashes_match_files(small_build):
         assert len(content) == f["bytes"]
     assert manifest["seed"] == 0 and manifest["scale"] == "small"
     assert {s: manifest["splits"][s]["pairs"] for s in ("train", "val", "test")} == {"train": 18, "val": 4, "test": 6}
+
+
+def test_foreign_sets_leave_the_dataset_unchanged(tmp_path, small_build, monkeypatch):
+    "A build without the foreign-blur sets has the same files and the same manifest.json, byte for byte."
+    monkeypatch.setattr(data, "_write_foreign_sets", lambda *args, **kwargs: None)
+    data.build_default_dataset(tmp_path / "plain", scale="small", progress=False)
+    plain, full = tree_bytes(tmp_path / "plain"), tree_bytes(small_build)
+    assert plain == {name: content for name, content in full.items() if not name.startswith(data.FOREIGN_FOLDER + "/")}
+    foreign = [name for name in full if name.startswith(data.FOREIGN_FOLDER + "/")]
+    assert len(foreign) == 3 * 6 * 2 + 1  # three synthesisers x six test frames x (blur, sharp), and their manifest
 
 
 def test_layout_is_native_gopro(small_build):

@@ -31,9 +31,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from .data import write_image
 from .models import DBGANGenerator, ReleaseGenerator, count_macs, init_normal_, native_bf16, set_dense_path
 from .runs import SMALL_CONFIG
-from .utils import (EXIT_USAGE, add_device_option, add_quiet_option, device_from_args, markdown_table, peak_memory_mb,
-                            report_error,
-                            pick_device, write_csv_atomic, write_text_atomic)
+from .utils import (EXIT_USAGE, add_debug_option, add_device_option, add_quiet_option, command, device_from_args,
+                            markdown_table, peak_memory_mb, pick_device, report_error, write_csv_atomic, write_text_atomic)
 
 # %% auto #0
 __all__ = ['GENERATOR_CONFIGS', 'BASELINE', 'CHANNELS_LAST', 'OPTIMISED', 'TRAIN_CONFIGS', 'TRAIN_VARIANTS', 'TABLE_COLUMNS',
@@ -425,10 +424,12 @@ def parse_bench_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    choices=["peak", "inference", "precision", "train", "metrics", "tiled"], help="which sections to run")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     add_quiet_option(p)
+    add_debug_option(p)
     args = p.parse_args(argv)
     args.device = device_from_args(p, args.device)
     return args
 
+@command('dbgan-bench')
 def bench_cli(argv: Sequence[str] | None = None) -> int:
     "Console script `dbgan-bench`: run the benchmark and write the tables."
     args = parse_bench_args(argv)

@@ -658,6 +658,10 @@ def ensure_default_dataset(root: str | os.PathLike | None = None, seed: int = 0,
         raise
 
 
+from .utils import add_debug_option, command
+
+
+@command("dbgan-make-data")
 def make_data_cli(argv: Sequence[str] | None = None) -> int:
     "dbgan-make-data --out DIR [--seed S] [--scale small|default] [--force]: build the bundled dataset."
     parser = argparse.ArgumentParser(prog="dbgan-make-data", description="Build the bundled GoPro-layout dataset from scikit-image photos.")
@@ -666,6 +670,7 @@ def make_data_cli(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", choices=sorted(DATASET_SCALES), default="default", help="default, or small for tests")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out folder")
     add_quiet_option(parser)
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     if args.seed < 0: parser.error("--seed must be >= 0")
     try: out = build_default_dataset(args.out, seed=args.seed, scale=args.scale, force=args.force, progress=not args.quiet)

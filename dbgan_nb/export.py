@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from .data import image_to_tensor, read_image
 from .models import BGANGenerator, load_generator, set_dense_path
-from .utils import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_device_option, report_error, write_atomically)
+from .utils import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_debug_option, add_device_option, command, report_error,
+                            write_atomically)
 
 # %% auto #0
 __all__ = ['ONNX_OPSET', 'export_onnx', 'check_onnx', 'export_cli']
@@ -72,6 +73,7 @@ def _test_pattern(size: int = 96) -> np.ndarray:
     return np.round(image * 255).astype(np.uint8)
 
 
+@command('dbgan-export')
 def export_cli(argv: Sequence[str] | None = None) -> int:
     "dbgan-export --weights PATH --out model.onnx [--check photo]: export a generator to ONNX and check it."
     p = argparse.ArgumentParser(prog="dbgan-export", description="Export a generator (ours or the released G.pth) to ONNX "
@@ -81,6 +83,7 @@ def export_cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--check", type=Path, help="photo to compare ONNX Runtime with PyTorch on (default: a test pattern)")
     p.add_argument("--sha256", metavar="HEX", help="refuse --weights unless its SHA-256 is this")
     add_device_option(p)
+    add_debug_option(p)
     args = p.parse_args(argv)
     try:
         model = load_generator(args.weights, sha256=args.sha256)

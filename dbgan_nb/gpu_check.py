@@ -26,8 +26,8 @@ from .metrics import psnr, ssim2d, ssim_matlab
 from .models import DBGANGenerator, ReleaseGenerator, count_macs, init_normal_, load_generator, set_dense_path
 from .runs import DistInfo, TrainConfig
 from .train import TRAINERS, trainer_state
-from .utils import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_device_option, add_quiet_option, device_from_args,
-                            markdown_table, peak_memory_mb, report_error, write_text_atomic)
+from .utils import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_debug_option, add_device_option, add_quiet_option, command,
+                            device_from_args, markdown_table, peak_memory_mb, report_error, write_text_atomic)
 
 # %% auto #0
 __all__ = ['SIZES', 'PAPER_STEPS', 'INFERENCE_VARIANTS', 'CheckSizes', 'time_train_steps', 'resume_check', 'time_inference',
@@ -243,6 +243,7 @@ def gpu_check_markdown(result: dict) -> str:
     return "\n\n".join(parts) + "\n"
 
 # %% ../nbs/30_gpu_check.ipynb #83985298
+@command('dbgan-gpu-check')
 def gpu_check_cli(argv: Sequence[str] | None = None) -> int:
     "Console script dbgan-gpu-check: run the check, write gpu_check.json and gpu_check.md."
     p = argparse.ArgumentParser(prog="dbgan-gpu-check", description="Training, resume, inference and metric speed of the "
@@ -252,6 +253,7 @@ def gpu_check_cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--weights", help="a trained generator: also measure its PSNR in fp32 and bf16 on the bundled test split")
     add_device_option(p)
     add_quiet_option(p)
+    add_debug_option(p)
     args = p.parse_args(argv)
     device = device_from_args(p, args.device)
     if device.type != "cuda" and not args.tiny: p.error("the full check needs a CUDA device; --tiny runs it small anywhere")

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from .data import IMAGE_SUFFIXES, as_rgb_uint8, image_to_tensor, read_image, tensor_to_image, write_image
 from .models import load_generator, native_bf16
-from .utils import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_device_option, add_quiet_option, pick_device
+from .utils import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_debug_option, add_device_option, add_quiet_option, command,
+                            pick_device, show_traceback)
 
 # %% auto #0
 __all__ = ['tile_starts', 'feather_ramp', 'axis_windows', 'run_generator', 'deblur_image', 'is_image_file', 'expand_inputs',
@@ -152,6 +153,7 @@ def parse_deblur_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--fp32", action="store_true",
                         help="float32 everywhere (default: bfloat16 autocast where the device computes it natively)")
     add_quiet_option(parser)
+    add_debug_option(parser)
     return parser.parse_args(argv)
 
 def _file_id(path: Path) -> tuple[int, int] | None:
@@ -161,7 +163,8 @@ def _file_id(path: Path) -> tuple[int, int] | None:
     return stat.st_dev, stat.st_ino
 
 def _report(message: str) -> None:
-    "An error line on stderr that does not break the progress bar."
+    "An error line on stderr that does not break the progress bar (after the traceback, when debugging)."
+    show_traceback()
     tqdm.write(f"dbgan-deblur: error: {message}", file=sys.stderr)
 
 def deblur_files(model: nn.Module, inputs: Sequence[Path], outputs: Sequence[Path], tile: int | None, overlap: int,
@@ -183,6 +186,7 @@ def deblur_files(model: nn.Module, inputs: Sequence[Path], outputs: Sequence[Pat
     return failed
 
 # %% ../nbs/05_inference.ipynb #b42c83c6
+@command('dbgan-deblur')
 def deblur_cli(argv: Sequence[str] | None = None) -> int:
     "dbgan-deblur: deblur files, folders or globs into --out; exit 0 if all succeeded, 1 if some failed, 2 on setup errors."
     args = parse_deblur_args(argv)

@@ -314,12 +314,12 @@ def _imagenet_state_dict(download: bool, timeout: float) -> dict:
            f"Download {url} on a machine with network and copy it there, or pass weights=PATH to that file. "
            f"(weights='random' gives an untrained VGG, for offline demos only.)")
     if not download:
-        raise RuntimeError(f"ImageNet VGG-19 weights are not cached and download=False. {how}")
+        raise FileNotFoundError(f"ImageNet VGG-19 weights are not cached and download=False. {how}")
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(timeout)  # urllib has no total timeout: bound each connect/read so offline fails fast
     try:
         return torch.hub.load_state_dict_from_url(url, progress=True, check_hash=True, weights_only=True)
     except (OSError, RuntimeError, ValueError) as error:  # URLError and socket timeouts are OSErrors; bad hash is RuntimeError
-        raise RuntimeError(f"ImageNet VGG-19 weights are not cached and downloading them failed ({error}). {how}") from error
+        raise FileNotFoundError(f"ImageNet VGG-19 weights are not cached and downloading them failed ({error}). {how}") from error
     finally:
         socket.setdefaulttimeout(previous)

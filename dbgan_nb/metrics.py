@@ -24,8 +24,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from .data import Pair, find_gopro_pairs, find_hide_pairs, find_realblur_pairs, list_images, read_image, to_levels
-from .utils import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_device_option, add_quiet_option, device_from_args,
-                            pick_device, report_error, write_csv_atomic)
+from .utils import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_debug_option, add_device_option, add_quiet_option, command,
+                            device_from_args, pick_device, report_error, write_csv_atomic)
 
 # %% auto #0
 __all__ = ['PEAK', 'SSIM_WINDOW', 'SSIM_SIGMA', 'SSIM_K1', 'SSIM_K2', 'COMPILED_STRIP_ROWS', 'MAX_COMPILED_SHAPES', 'PROTOCOL',
@@ -506,6 +506,7 @@ def _parse_eval_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="torch.compile the SSIM passes (default: on the CPU when there are at least "
                              f"{COMPILE_MIN_PIXELS // 10**6} megapixels to score)")
     add_quiet_option(parser)
+    add_debug_option(parser)
     args = parser.parse_args(argv)
     if args.threads < 0: parser.error("--threads must be >= 0")
     if args.gt is not None and args.pred == "blur": parser.error("--pred blur needs --gopro ROOT (a --gt folder has no blurred inputs)")
@@ -514,6 +515,7 @@ def _parse_eval_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 # %% ../nbs/02_metrics.ipynb #a59b4eaa
+@command('dbgan-eval')
 def eval_cli(argv: Sequence[str] | None = None) -> int:
     "dbgan-eval: score a folder of results (or the blurred inputs) and print the summary; exit 2 on missing input, 1 on failed images."
     args = _parse_eval_args(argv)

@@ -513,6 +513,9 @@ def train_runs(runs: dict[str, tuple[str, TrainConfig]], reuse: bool = True, wor
     return folders, seconds, results
 
 # %% ../nbs/10_reproduce_gopro.ipynb #7e3462af
+from .utils import EXIT_STOPPED
+
+
 def train_one_run(name: str, params: dict, root: Path, progress: bool = True) -> int:
     "Train run `name` of the experiment that `params` (the notebook's) describes; exit status."
     if params.get("seeds"): return report_error("dbgan-reproduce", "--run trains one seed: drop seeds or set seed instead", EXIT_USAGE)
@@ -526,7 +529,7 @@ def train_one_run(name: str, params: dict, root: Path, progress: bool = True) ->
     # a run stopped by a signal returns normally with its checkpoint saved: say so, and fail, so that `&&` chains stop
     if (step := load_checkpoint(run / "last.pt")["step"]) < cfg.iterations:
         return report_error("dbgan-reproduce", f"{name} stopped at step {step} of {cfg.iterations} (last.pt saved in {run}); "
-                            "the same command resumes it")
+                            "the same command resumes it", EXIT_STOPPED)
     print(f"trained {run}")
     return EXIT_OK
 
@@ -548,6 +551,10 @@ def export_runs(dest: Path, params: dict, root: Path, params_file: str | None) -
     return EXIT_OK
 
 # %% ../nbs/10_reproduce_gopro.ipynb #25930fc9
+from .utils import add_debug_option, command
+
+
+@command("dbgan-reproduce")
 def reproduce_cli(argv: Sequence[str] | None = None) -> int:
     "dbgan-reproduce [--mode quick|paper] [-f params.yaml] [--out runs/]: run the notebook with papermill, print the table."
     p = argparse.ArgumentParser(prog="dbgan-reproduce", description="Reproduce the GoPro table and figures by running "
@@ -563,6 +570,7 @@ def reproduce_cli(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--export-weights", metavar="DIR", help="write the finished runs' generators, logs and manifest.json to DIR "
                    "(what weights/reference holds), without the notebook")
     add_quiet_option(p)
+    add_debug_option(p)
     args = p.parse_args(argv)
     try:
         notebook = Path(args.notebook) if args.notebook else default_notebook()

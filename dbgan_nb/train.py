@@ -26,17 +26,19 @@ from .losses import BGANLoss, DBGANLoss, PerceptualLoss
 from .metrics import psnr, ssim2d
 from .models import (BGANGenerator, DBGANGenerator, ReleaseGenerator, VGGDiscriminator, generator_checkpoint,
                              init_normal_, load_generator, native_bf16)
-from .runs import (TRAINING_FORMAT, CsvLog, DistInfo, StopSignals, TrainConfig, any_process, barrier, batch_plan,
+from .runs import (TRAINING_FORMAT, CsvLog, DistInfo, StopSignals, TrainConfig, any_process, batch_plan,
                            broadcast_from_main, capture_rng_state, check_config, default_data_root, derive_seed, gather_batch,
-                           load_latest_checkpoint, local_slice, make_scheduler, mean_over_processes, prepare_run_folder,
-                           restore_rng_state, run_folder, save_checkpoint, setup_distributed)
-from .utils import EXIT_FAILED, EXIT_OK, EXIT_USAGE, DEVICE_CHOICES, add_quiet_option, report_error
+                           load_latest_checkpoint, local_slice, make_scheduler, mean_over_processes, on_main_process,
+                           prepare_run_folder, restore_rng_state, run_folder, save_checkpoint, setup_distributed)
+from .utils import (EXIT_OK, EXIT_STOPPED, DEVICE_CHOICES, DiskFullError, add_debug_option, add_quiet_option,
+                            command)
 
 # %% auto #0
 __all__ = ['DEAD_DISCRIMINATOR_STEPS', 'DEAD_DISCRIMINATOR_GAP', 'TRAINERS', 'autocast_for', 'use_bf16', 'NonFiniteLossError',
            'check_finite', 'TrainHooks', 'gan_step', 'centre_crop', 'TrainerValidation', 'GANTrainer',
            'initialise_from', 'trainer_state', 'restore_trainer', 'sharpness_gap_db', 'BGANTrainer', 'DBGANPairs',
-           'DBGANTrainer', 'DiscriminatorWatch', 'fit', 'as_config', 'train', 'train_bgan', 'train_dbgan', 'train_cli']
+           'DBGANTrainer', 'DiscriminatorWatch', 'fit', 'as_config', 'run_training', 'train', 'train_bgan',
+           'train_dbgan', 'train_cli']
 
 # %% ../nbs/06_train.ipynb #f66e8e0f
 def autocast_for(device: torch.device, enabled: bool):
@@ -160,7 +162,8 @@ class GANTrainer(TrainerValidation):
         self.D = init_normal_(VGGDiscriminator(patch=cfg.patch, nf=cfg.d_nf), d_std).to(device, memory_format=self.memory_format)
         perceptual = None
         if cfg.perceptual_weights is not None and cfg.perceptual_weight != 0:
-            perceptual = PerceptualLoss(layer=cfg.perceptual_layer, weights=cfg.perceptual_weights).to(device)
+            try: perceptual = PerceptualLoss(layer=cfg.perceptual_layer, weights=cfg.perceptual_weights).to(device)
+            except FileNotFoundError as e: raise FileNotFoundError(f"perceptual_weights={cfg.perceptual_weights!r}: {e}") from e
         self.loss = self.build_loss(perceptual)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
@@ -444,36 +447,52 @@ def _open_tensorboard(cfg: TrainConfig, out: Path, start: int):
 def _resume_hint(kind: str, out: Path) -> str:
     return f"dbgan-train {kind} --config {out / 'config.yaml'} --resume"
 
+def _intact_checkpoints(kind: str, out: Path, last_saved: Optional[int]) -> str:
+    "After a failed write: which checkpoints are intact, and how to go on."
+    kept = [f"{out / 'last.pt'}" + (f" (step {last_saved})" if last_saved is not None else "")] if (out / "last.pt").exists() else []
+    kept += [str(out / "previous.pt")] if (out / "previous.pt").exists() else []
+    if not kept: return "No checkpoint had been written yet: free some space and start again."
+    return f"{' and '.join(kept)} {'are' if len(kept) > 1 else 'is'} intact. Free some space, then resume with: {_resume_hint(kind, out)}"
+
 # %% ../nbs/06_train.ipynb #102c0caf
-def fit(trainer: GANTrainer, stop: StopSignals, resumed: bool, progress: bool = True) -> None:
-    "Run `trainer` from its current step to cfg.iterations (or a stop request)."
+def fit(trainer: GANTrainer, stop: StopSignals, resumed: bool, progress: bool = True) -> int:
+    "Run `trainer` from its current step to cfg.iterations (or a stop request); returns the step reached."
     from tqdm import tqdm  # not tqdm.auto: its widget needs ipywidgets, and warns without it
     cfg, info, out, kind = trainer.cfg, trainer.info, trainer.out, trainer.kind
     start = trainer.step
     if start >= cfg.iterations:
         if info.is_main: print(f"{out}: already at step {start} of {cfg.iterations}; nothing to do (raise iterations to continue)")
-        return
+        return start
     main = info.is_main
     if main:
         mlog = CsvLog(out / "metrics.csv", trainer.metric_columns, resume_step=start if resumed else None)
         vlog = CsvLog(out / "val.csv", trainer.val_columns, resume_step=start if resumed else None)
         tb = _open_tensorboard(cfg, out, start)
+    last_saved = start if resumed else None
+
+    def on_main(action: Callable[[], None]) -> None:
+        "`action` on process 0; a full disk there stops every process with what is intact and how to resume."
+        def advised() -> None:
+            try: action()
+            except DiskFullError as error: raise error.with_advice(_intact_checkpoints(kind, out, last_saved)) from None
+        on_main_process(advised, info)
 
     def write_checkpoint(name: str) -> None:
-        if main: save_checkpoint(trainer_state(trainer), out / name, keep_previous=name == "last.pt")
+        save_checkpoint(trainer_state(trainer), out / name, keep_previous=name == "last.pt")
 
-    def run_validation(step: int) -> None:
-        if main:
-            v = trainer.validate()
-            vlog.write({"step": step, **v})
-            if tb: [tb.add_scalar(f"val/{k}", x, step) for k, x in v.items()]
-            if trainer.is_better(v[trainer.best_metric]):
-                trainer.best = {"metric": trainer.best_metric, "value": v[trainer.best_metric], "step": step}
-                write_checkpoint("best.pt")
-        barrier(info)
+    def log_metrics(row: dict) -> None:
+        mlog.write(row)
+        if tb: [tb.add_scalar(f"train/{k}", x, row["step"]) for k, x in row.items() if k != "step"]
 
-    if not resumed: run_validation(0)
-    last_saved = start if resumed else None
+    def validate(step: int) -> None:
+        v = trainer.validate()
+        vlog.write({"step": step, **v})
+        if tb: [tb.add_scalar(f"val/{k}", x, step) for k, x in v.items()]
+        if trainer.is_better(v[trainer.best_metric]):
+            trainer.best = {"metric": trainer.best_metric, "value": v[trainer.best_metric], "step": step}
+            write_checkpoint("best.pt")
+
+    if not resumed: on_main(lambda: validate(0))
     saved_at, watch = time.monotonic(), DiscriminatorWatch()
     bar = tqdm(total=cfg.iterations, initial=start, desc=kind, disable=not (main and progress), dynamic_ncols=True, mininterval=1.0)
     try:
@@ -485,27 +504,26 @@ def fit(trainer: GANTrainer, stop: StopSignals, resumed: bool, progress: bool = 
             row["sec_per_step"] = time.perf_counter() - t0
             trainer.step, trainer.elapsed = step, trainer.elapsed + row["sec_per_step"]
             if main: watch.update(row)
-            if main and (step % cfg.log_every == 0 or step == cfg.iterations):
-                mlog.write(row)
-                if tb: [tb.add_scalar(f"train/{k}", x, step) for k, x in row.items() if k != "step"]
+            if step % cfg.log_every == 0 or step == cfg.iterations: on_main(lambda: log_metrics(row))
             bar.update(1); bar.set_postfix({k[0]: f"{row[k]:.4g}" for k in ("g_total", "d_total") if k in row}, refresh=False)
-            if step % cfg.val_every == 0 or step == cfg.iterations: run_validation(step)
+            if step % cfg.val_every == 0 or step == cfg.iterations: on_main(lambda: validate(step))
             if trainer.hooks.after_step: trainer.hooks.after_step(trainer, step, stop)
             stopping = any_process(stop.requested or step == cfg.stop_after, info)
             overdue = cfg.checkpoint_minutes is not None and time.monotonic() - saved_at >= 60 * cfg.checkpoint_minutes
             if step % cfg.checkpoint_every == 0 or step == cfg.iterations or stopping or any_process(overdue, info):
-                write_checkpoint("last.pt"); barrier(info); last_saved, saved_at = step, time.monotonic()
-            if cfg.keep_every and step % cfg.keep_every == 0: write_checkpoint(f"step_{step:07d}.pt"); barrier(info)
-            if stopping:
+                on_main(lambda: write_checkpoint("last.pt")); last_saved, saved_at = step, time.monotonic()
+            if cfg.keep_every and step % cfg.keep_every == 0: on_main(lambda: write_checkpoint(f"step_{step:07d}.pt"))
+            if stopping and step < cfg.iterations:
                 if main: print(f"\nstopped after step {step} of {cfg.iterations}; last.pt saved in {out}.\n"
                                f"Resume with: {_resume_hint(kind, out)}", file=sys.stderr, flush=True)
-                return
+                return step
     finally:
         bar.close()
         if main and tb: tb.close()
     if main:
         b = trainer.best
         print(f"{kind} finished at step {cfg.iterations}: best {b['metric']} {b['value']:.3f} at step {b['step']}; run folder {out}")
+    return trainer.step
 
 # %% ../nbs/06_train.ipynb #f989e32d
 TRAINERS = {"bgan": BGANTrainer, "dbgan": DBGANTrainer}
@@ -517,9 +535,9 @@ def as_config(cfg: Union[TrainConfig, dict, str, Path, None]) -> TrainConfig:
     if isinstance(cfg, dict): return TrainConfig.from_dict(cfg)
     return TrainConfig.from_yaml(cfg)
 
-def train(kind: str, cfg: Union[TrainConfig, dict, str, Path, None] = None, resume: bool = False, force: bool = False,
-          hooks: Optional[TrainHooks] = None, progress: bool = True) -> Path:
-    "Train a BGAN or DBGAN (`kind`) as set out in `cfg`; returns the run folder."
+def run_training(kind: str, cfg: Union[TrainConfig, dict, str, Path, None] = None, resume: bool = False, force: bool = False,
+                 hooks: Optional[TrainHooks] = None, progress: bool = True) -> tuple[Path, int]:
+    "Train a BGAN or DBGAN (`kind`) as set out in `cfg`; returns (run folder, step reached: below cfg.iterations when stopped early)."
     if kind not in TRAINERS: raise ValueError(f"kind must be one of {sorted(TRAINERS)}, got {kind!r}")
     cfg = as_config(cfg)
     check_config(cfg, kind)
@@ -543,11 +561,15 @@ def train(kind: str, cfg: Union[TrainConfig, dict, str, Path, None] = None, resu
                 restore_trainer(trainer, ck, path)
                 if info.is_main: print(f"resuming {out} from step {trainer.step} ({path.name})", file=sys.stderr)
             trainer.wrap_for_processes()
-            fit(trainer, stop, resumed=resuming, progress=progress)
-        return out
+            return out, fit(trainer, stop, resumed=resuming, progress=progress)
     finally:
         torch.set_num_threads(threads)
         if info.owns_group: dist.destroy_process_group()
+
+def train(kind: str, cfg: Union[TrainConfig, dict, str, Path, None] = None, resume: bool = False, force: bool = False,
+          hooks: Optional[TrainHooks] = None, progress: bool = True) -> Path:
+    "Train a BGAN or DBGAN (`kind`) as set out in `cfg`; returns the run folder (`run_training` also says how far it got)."
+    return run_training(kind, cfg, resume, force, hooks, progress)[0]
 
 def train_bgan(cfg: Union[TrainConfig, dict, str, Path, None] = None, resume: bool = False, force: bool = False,
                **kwargs) -> Path:
@@ -560,27 +582,26 @@ def train_dbgan(cfg: Union[TrainConfig, dict, str, Path, None] = None, resume: b
     return train("dbgan", cfg, resume, force, **kwargs)
 
 # %% ../nbs/06_train.ipynb #a329e4d1
+@command("dbgan-train")
 def train_cli(argv: Optional[list[str]] = None, hooks: Optional[TrainHooks] = None) -> int:
     "Console script `dbgan-train bgan|dbgan [--config FILE] [--set key=value ...] [--out DIR] [--device D] [--resume] [--force]`."
     import argparse
     p = argparse.ArgumentParser(prog="dbgan-train", description="Train BGAN (sharp -> realistic blur) or DBGAN (blur -> sharp). "
-                                "Under torchrun, every process runs this command and takes its slice of each global batch.")
+                                "Under torchrun, every process runs this command and takes its slice of each global batch. "
+                                "Exit status: 0 finished, 75 stopped before the end (--resume goes on), 1 failed, 2 could not start.")
     p.add_argument("kind", choices=sorted(TRAINERS), help="which GAN to train")
     p.add_argument("--config", type=Path, help="YAML file of TrainConfig settings (missing keys keep their defaults)")
     p.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                    help="override settings, e.g. --set lr=2e-4 batch=8")
     p.add_argument("--out", help="run folder (the setting out; default: the config's, else runs/<kind>)")
     p.add_argument("--device", choices=DEVICE_CHOICES, help="where to train (the setting device; default: the config's, auto)")
-    p.add_argument("--resume", action="store_true", help="continue the run in the out folder from its newest checkpoint")
+    p.add_argument("--resume", action="store_true", help="continue the run in the out folder from its newest checkpoint "
+                   "(in an empty folder: start it)")
     p.add_argument("--force", action="store_true", help="delete a previous run in the out folder and start over")
     add_quiet_option(p)
+    add_debug_option(p)
     args = p.parse_args(argv)
     flags = [f"{k}={v}" for k, v in (("out", args.out), ("device", args.device)) if v is not None]
-    try:
-        cfg = (TrainConfig.from_yaml(args.config) if args.config else TrainConfig()).with_overrides(args.overrides + flags)
-        train(args.kind, cfg, resume=args.resume, force=args.force, hooks=hooks, progress=not args.quiet)
-    except NonFiniteLossError as e:
-        return report_error("dbgan-train", e, EXIT_FAILED)
-    except (FileNotFoundError, FileExistsError, ValueError) as e:
-        return report_error("dbgan-train", e, EXIT_USAGE)
-    return EXIT_OK
+    cfg = (TrainConfig.from_yaml(args.config) if args.config else TrainConfig()).with_overrides(args.overrides + flags)
+    _, step = run_training(args.kind, cfg, resume=args.resume, force=args.force, hooks=hooks, progress=not args.quiet)
+    return EXIT_OK if step >= cfg.iterations else EXIT_STOPPED

@@ -1,5 +1,7 @@
 """Every command behaves alike: a missing input and a bad flag both exit with status 2 and an error line
-`PROG: error: ...` on stderr; --device auto|cpu|cuda and --quiet exist wherever they apply."""
+`PROG: error: ...` on stderr, with no traceback unless --debug (or DBGAN_DEBUG=1) asks for it; --device auto|cpu|cuda
+and --quiet exist wherever they apply."""
+import importlib
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +49,20 @@ def test_missing_input_exits_2_with_a_named_error(command, tmp_path):
     result = run(command, *missing_input(tmp_path)[command])
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
     assert f"{command}: error: " in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-2000:]
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_debug_adds_the_traceback(command, tmp_path, capsys, monkeypatch):
+    "The same missing input with --debug, and with DBGAN_DEBUG=1 (in this process: the imports are already paid for)."
+    module, function = COMMANDS[command].split(":")
+    cli = getattr(importlib.import_module(module), function)
+    assert cli([*missing_input(tmp_path)[command], "--debug"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.rstrip().splitlines()[-1].startswith(f"{command}: error: "), err[-2000:]
+    monkeypatch.setenv("DBGAN_DEBUG", "1")
+    assert cli(missing_input(tmp_path)[command]) == 2
+    assert "Traceback (most recent call last)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
@@ -67,3 +83,11 @@ def test_device_flag_takes_auto_cpu_cuda(command):
                                      "dbgan-bench", "dbgan-gpu-check"])
 def test_quiet_flag_exists(command):
     assert "--quiet" in run(command, "--help").stdout
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_debug_flag_exists(command, capsys):
+    module, function = COMMANDS[command].split(":")
+    with pytest.raises(SystemExit):
+        getattr(importlib.import_module(module), function)(["--help"])
+    assert "--debug" in capsys.readouterr().out

@@ -81,14 +81,14 @@ def test_runs_train_one_by_one_and_ship_as_reference_weights(tmp_path, capsys):
     params.write_text(yaml.safe_dump(tiny))
     assert reproduce_cli(["-f", str(params), "--export-weights", str(tmp_path / "w"), "--quiet"]) == 2
     assert "runs not finished: bgan (not trained)" in capsys.readouterr().err
-    # a run stopped early (as SIGTERM would) fails and says so; the same command then resumes and finishes it
+    # a run stopped early (as SIGTERM would) exits 75 and says so; the same command then resumes and finishes it
     import dataclasses
     import dbgan_nb.reproduce as reproduce
     real_train_run = reproduce.train_run
     stopped = lambda kind, cfg, *a, **k: real_train_run(kind, dataclasses.replace(cfg, stop_after=1), *a, **k)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(reproduce, "train_run", stopped)
-        assert reproduce_cli(["-f", str(params), "--run", "bgan", "--quiet"]) == 1
+        assert reproduce_cli(["-f", str(params), "--run", "bgan", "--quiet"]) == 75  # stopped: the same command goes on
     out = capsys.readouterr()
     assert "bgan stopped at step 1 of 2" in out.err and "trained" not in out.out
     for name in ("bgan", "dbgan_bgan", "dbgan_kernel", "dbgan_real"):

@@ -31,22 +31,24 @@ from tqdm import tqdm
 from .blur import synthesize_gopro_blur, trajectory_kernel
 from .data import Pair, read_image, tensor_to_image
 from .inference import deblur_image
-from .metrics import PROTOCOL, compile_pays_off, image_metrics
+from .metrics import PROTOCOL, compile_pays_off, image_metrics, psnr
 from .models import load_generator
 from .runs import TrainConfig, load_checkpoint
 from .train import train
 from .utils import (DEVICE_CHOICES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_quiet_option, markdown_table, report_error,
-                            sha256_file, write_atomically, write_table, write_text_atomic)
+                            sha256_file, write_atomically, write_csv_atomic, write_table, write_text_atomic)
 
 # %% auto #0
-__all__ = ['MPRNET_TABLE', 'PUBLISHED_GOPRO', 'PUBLISHED_OTHER', 'TABLE_COLUMNS', 'BLURRED_METHOD', 'TABLE_DIGITS',
-           'REFERENCE_FORMAT', 'NOTEBOOK_NAME', 'ORACLES', 'find_repo_root', 'resolve_under', 'evaluate_model',
-           'published_label', 'table_row', 'build_table', 'table_markdown', 'write_gopro_table', 'save_figure',
-           'detailed_crop', 'qualitative_figure', 'bgan_samples', 'bgan_samples_figure', 'training_curves_figure',
-           'gain_curves_figure', 'discriminator_traces_figure', 'point_grid', 'synthesiser_figure', 'claim_verdict',
-           'load_seed_study', 'export_reference_weights', 'load_reference_weights', 'notebook_parameters',
-           'check_parameter_keys', 'default_notebook', 'reproduce_parameters', 'experiment_data', 'experiment_configs',
-           'train_run', 'run_prerequisites', 'SideJob', 'train_runs', 'train_one_run', 'export_runs', 'reproduce_cli']
+__all__ = ['MPRNET_TABLE', 'PUBLISHED_GOPRO', 'PUBLISHED_OTHER', 'TABLE_COLUMNS', 'FOREIGN_COLUMN', 'BLURRED_METHOD',
+           'TABLE_DIGITS', 'REFERENCE_FORMAT', 'NOTEBOOK_NAME', 'ORACLES', 'find_repo_root', 'resolve_under',
+           'evaluate_model', 'foreign_gains', 'published_label', 'table_row', 'build_table', 'table_markdown',
+           'write_gopro_table', 'save_figure', 'detailed_crop', 'qualitative_figure', 'bgan_samples',
+           'bgan_samples_figure', 'training_curves_figure', 'gain_curves_figure', 'transfer_figure',
+           'discriminator_traces_figure', 'point_grid', 'synthesiser_figure', 'claim_verdict', 'load_seed_study',
+           'export_reference_weights', 'load_reference_weights', 'notebook_parameters', 'check_parameter_keys',
+           'default_notebook', 'reproduce_parameters', 'experiment_data', 'experiment_configs', 'train_run',
+           'run_prerequisites', 'SideJob', 'train_runs', 'train_one_run', 'export_runs', 'time_split_line',
+           'reproduce_cli']
 
 # %% ../nbs/10_reproduce_gopro.ipynb #01f148e8
 def find_repo_root(start: str | os.PathLike | None = None) -> Path | None:
@@ -80,6 +82,18 @@ def evaluate_model(model: nn.Module, pairs: Sequence[Pair], device: torch.device
         if p.name in keep: kept[p.name] = restored
     return pd.DataFrame(rows), seconds / max(len(pairs), 1), kept
 
+# %% ../nbs/10_reproduce_gopro.ipynb #f3ccae5b
+def foreign_gains(models: dict[str, nn.Module], foreign: dict[str, Sequence[Pair]], device: torch.device | str = "cpu",
+                  bf16: bool | None = False, progress: bool = True) -> pd.DataFrame:
+    "PSNR gain (dB) of each model over the blurred inputs of each foreign-blur set: a row per model, a column per synthesiser."
+    sets = {name: [(read_image(p.blur), read_image(p.sharp)) for p in pairs] for name, pairs in foreign.items()}
+    blurred = {name: np.mean([psnr(b, s) for b, s in frames]) for name, frames in sets.items()}
+    gains = {}
+    for label, model in tqdm(models.items(), desc="foreign-blur gains", unit="model", disable=not progress):
+        gains[label] = {name: float(np.mean([psnr(deblur_image(model, b, device=device, bf16=bf16), s) for b, s in frames]) - blurred[name])
+                        for name, frames in sets.items()}
+    return pd.DataFrame.from_dict(gains, orient="index", columns=list(sets))
+
 # %% ../nbs/10_reproduce_gopro.ipynb #4d26c26c
 MPRNET_TABLE = "as quoted in MPRNet (Zamir et al., CVPR 2021), Table 1"
 PUBLISHED_GOPRO = (  # (method, PSNR dB, SSIM as printed, where the numbers come from) on the GoPro test set
@@ -92,8 +106,9 @@ PUBLISHED_GOPRO = (  # (method, PSNR dB, SSIM as printed, where the numbers come
     ("Restormer (2022)", 32.92, 0.961, "Restormer (Zamir et al., CVPR 2022), Table 2"),
     ("NAFNet-w64 (2022)", 33.69, 0.967, "NAFNet (Chen et al., ECCV 2022); its model zoo lists 33.71"))
 PUBLISHED_OTHER = {"hide": (28.94, 0.915), "realblur_j": (24.93, 0.745), "realblur_r": (33.78, 0.909)}  # DBGAN, as quoted later
-TABLE_COLUMNS = ["method", "data", "psnr", "psnr_std", "seeds", "gain", "ssim2d", "ssim_matlab", "ssim_published",
+TABLE_COLUMNS = ["method", "data", "psnr", "psnr_std", "seeds", "gain", "foreign_gain", "ssim2d", "ssim_matlab", "ssim_published",
                  "parameters", "sec_per_image", "source"]
+FOREIGN_COLUMN = "foreign_gain_"  # + synthesiser: the per-synthesiser gains, in the CSV only
 BLURRED_METHOD = "blurred input (no deblurring)"
 
 def published_label(same_data: bool) -> str:
@@ -120,22 +135,28 @@ def build_table(blurred: dict, models: Sequence[dict], same_data: bool = False, 
     if published:
         rows += [{"method": m, "data": published_label(same_data), "psnr": p, "ssim_published": s, "source": where}
                  for m, p, s, where in PUBLISHED_GOPRO]
-    table = pd.DataFrame(rows, columns=TABLE_COLUMNS)
+    extra = sorted({k for row in rows for k in row if k.startswith(FOREIGN_COLUMN)})
+    table = pd.DataFrame(rows, columns=TABLE_COLUMNS + extra)
     for column in ("parameters", "seeds"): table[column] = table[column].astype("Int64")  # integers, <NA> where unknown
     return table
 
 # %% ../nbs/10_reproduce_gopro.ipynb #15208913
-TABLE_DIGITS = {"psnr": 2, "psnr_std": 2, "gain": 2, "ssim2d": 3, "ssim_matlab": 3, "ssim_published": 3, "sec_per_image": 3}
+TABLE_DIGITS = {"psnr": 2, "psnr_std": 2, "gain": 2, "foreign_gain": 2, "ssim2d": 3, "ssim_matlab": 3, "ssim_published": 3, "sec_per_image": 3}
 
 def table_markdown(table: pd.DataFrame, protocol: str = PROTOCOL, caption: str = "") -> str:
-    "GitHub Markdown of the table with an optional caption and the metric protocol under it."
-    return markdown_table(table, TABLE_DIGITS) + "\n" + (caption + "\n\n" if caption else "") + f"Protocol: {protocol}\n"
+    "GitHub Markdown of the table (without the per-synthesiser columns) with an optional caption and the metric protocol under it."
+    return markdown_table(_shown_columns(table), TABLE_DIGITS) + "\n" + (caption + "\n\n" if caption else "") + f"Protocol: {protocol}\n"
 
 def write_gopro_table(table: pd.DataFrame, folder: str | os.PathLike, stem: str = "gopro_table",
                       protocol: str = PROTOCOL, caption: str = "") -> tuple[Path, Path]:
-    "folder/stem.csv and folder/stem.md (the table, the caption, the protocol), each written atomically."
+    "folder/stem.csv (every column) and folder/stem.md (the shown columns, the caption, the protocol), each written atomically."
     footer = (caption + "\n\n" if caption else "") + f"Protocol: {protocol}"
-    return write_table(table, folder, stem, TABLE_DIGITS, footer=footer)
+    _, md = write_table(_shown_columns(table), folder, stem, TABLE_DIGITS, footer=footer)
+    return write_csv_atomic(table, Path(folder) / f"{stem}.csv"), md
+
+def _shown_columns(table: pd.DataFrame) -> pd.DataFrame:
+    "The table without its per-synthesiser foreign-blur columns."
+    return table[[c for c in table.columns if not c.startswith(FOREIGN_COLUMN)]]
 
 # %% ../nbs/10_reproduce_gopro.ipynb #f9681c4f
 def save_figure(fig: matplotlib.figure.Figure, path: str | os.PathLike, dpi: int = 110, show: bool = True) -> Path:
@@ -235,6 +256,22 @@ def gain_curves_figure(curves: dict[str, pd.DataFrame]) -> matplotlib.figure.Fig
     ax.axhline(0, color="gray", lw=1, ls=":")
     ax.set(xlabel="training step", ylabel="validation gain (dB)", title="DBGAN: PSNR gain over the blurred input")
     if curves: ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+# %% ../nbs/10_reproduce_gopro.ipynb #ee2ed869
+def transfer_figure(gains: pd.DataFrame) -> matplotlib.figure.Figure:
+    "Heat map of PSNR gains (dB): rows = DBGANs by training source, columns = test blur; each cell annotated, 0 dB white."
+    values = gains.to_numpy(dtype=float)
+    limit = max(float(np.nanmax(np.abs(values))), 0.1)
+    fig, ax = plt.subplots(figsize=(1.5 * gains.shape[1] + 3.5, 0.42 * gains.shape[0] + 1.4))
+    image = ax.imshow(values, cmap="RdBu", vmin=-limit, vmax=limit, aspect="auto")  # symmetric: 0 dB sits at the white centre
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, f"{v:+.2f}", ha="center", va="center", fontsize=8, color="white" if abs(v) > 0.6 * limit else "black")
+    ax.set_xticks(range(gains.shape[1]), gains.columns, rotation=20, ha="right", fontsize=8)
+    ax.set_yticks(range(gains.shape[0]), gains.index, fontsize=8)
+    ax.set_title("DBGAN gain over the blurred input (dB), by training source and test blur", fontsize=9)
+    fig.colorbar(image, ax=ax, fraction=0.03, pad=0.02)
     fig.tight_layout()
     return fig
 
@@ -550,6 +587,15 @@ def export_runs(dest: Path, params: dict, root: Path, params_file: str | None) -
     print(f"wrote {export_reference_weights(runs, resolve_under(dest, root), data_path, description)}")
     return EXIT_OK
 
+# %% ../nbs/10_reproduce_gopro.ipynb #942c488a
+def time_split_line(parts: dict[str, float], command_seconds: float, setup_seconds: float | None = None) -> str:
+    "One line: where a reproduction's time went: set-up, the notebook's parts, the rest of the command (papermill, kernel start-up, other cells)."
+    rest = max(command_seconds - sum(parts.values()), 0.0)
+    items = ([("set-up (make setup)", setup_seconds)] if setup_seconds is not None else []) + list(parts.items()) + \
+            [("notebook start-up and the other cells", rest)]
+    total = command_seconds + (setup_seconds or 0.0)
+    return (f"time split ({total / 60:.1f} min in all): " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in items))
+
 # %% ../nbs/10_reproduce_gopro.ipynb #25930fc9
 from .utils import add_debug_option, command
 
@@ -572,6 +618,7 @@ def reproduce_cli(argv: Sequence[str] | None = None) -> int:
     add_quiet_option(p)
     add_debug_option(p)
     args = p.parse_args(argv)
+    started = time.perf_counter()
     try:
         notebook = Path(args.notebook) if args.notebook else default_notebook()
         params = reproduce_parameters(args.mode, args.params_file, args.out, notebook_parameters(notebook))
@@ -599,5 +646,9 @@ def reproduce_cli(argv: Sequence[str] | None = None) -> int:
     finally:
         shutil.rmtree(sockets, ignore_errors=True)
     print((out / "gopro_table.md").read_text())
+    if (out / "time_split.csv").is_file():
+        parts = dict(pd.read_csv(out / "time_split.csv").itertuples(index=False))
+        setup = float(os.environ["DBGAN_SETUP_SECONDS"]) if os.environ.get("DBGAN_SETUP_SECONDS") else None
+        print(time_split_line(parts, time.perf_counter() - started, setup))
     print(f"executed notebook: {executed}")
     return 0

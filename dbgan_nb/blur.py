@@ -232,7 +232,8 @@ FOREIGN_SYNTHESISERS = {  # name -> (library, transform, the transform's paramet
     "kornia_motion": ("kornia", "RandomMotionBlur",
                       {"kernel_size": (3, 11), "angle": (-180.0, 180.0), "direction": (-0.5, 0.5), "border_type": "reflect"}),
     "albumentations_motion": ("albumentations", "MotionBlur", {"blur_limit": (3, 13), "allow_shifted": False}),
-    "albumentations_zoom": ("albumentations", "ZoomBlur", {"max_factor": (1.0, 1.08), "step_factor": (0.01, 0.03)}),
+    # max_factor above 1 + the largest step: every frame gets at least one zoomed copy (else ZoomBlur returns it unchanged)
+    "albumentations_zoom": ("albumentations", "ZoomBlur", {"max_factor": (1.02, 1.06), "step_factor": (0.005, 0.015)}),
 }
 
 

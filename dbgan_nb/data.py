@@ -601,8 +601,7 @@ def _write_foreign_sets(root: Path, dest: Path, seed: int, progress: bool = True
         shutil.copyfile(pair.sharp, dest / sharp_rel)
         files += [blur_rel.as_posix(), sharp_rel.as_posix()]
     manifest = {"format": FOREIGN_FORMAT, "version": 1, "seed": int(seed), "frames": len(pairs),
-                "synthesisers": {name: {"library": lib, "transform": transform, "parameters": parameters}
-                                 for name, (lib, transform, parameters) in FOREIGN_SYNTHESISERS.items()},
+                "synthesisers": _foreign_synthesisers_json(),
                 "libraries": foreign_library_versions(),
                 "files": [{"path": rel, "bytes": (dest / rel).stat().st_size, "sha256": sha256_file(dest / rel)} for rel in sorted(files)]}
     write_text_atomic(dest / "manifest.json", json.dumps(manifest, indent=1) + "\n")
@@ -626,6 +625,18 @@ def build_foreign_test_sets(root: str | os.PathLike, force: bool = False, progre
     return dest
 
 
+def _foreign_synthesisers_json() -> dict:
+    "FOREIGN_SYNTHESISERS as the foreign manifest stores them (JSON: tuples become lists)."
+    return json.loads(json.dumps({name: {"library": lib, "transform": transform, "parameters": parameters}
+                                  for name, (lib, transform, parameters) in FOREIGN_SYNTHESISERS.items()}))
+
+
+def _foreign_sets_current(root: Path) -> bool:
+    "Whether root/test_foreign exists and was made by the synthesisers and parameters of this version."
+    manifest = root / FOREIGN_FOLDER / "manifest.json"
+    return manifest.is_file() and json.loads(manifest.read_text()).get("synthesisers") == _foreign_synthesisers_json()
+
+
 def foreign_test_pairs(root: str | os.PathLike) -> dict[str, list[Pair]]:
     "Synthesiser name -> test pairs of the foreign-blur sets of the bundled dataset at `root` (FileNotFoundError if not built)."
     folder = Path(root) / FOREIGN_FOLDER
@@ -644,10 +655,10 @@ def ensure_default_dataset(root: str | os.PathLike | None = None, seed: int = 0,
     "The bundled dataset at `root` (None: $DBGAN_DATA or ./data/default), built first if it has no manifest.json."
     root = Path(root) if root is not None else default_data_dir()
     if (root / "manifest.json").is_file():
-        if not (root / FOREIGN_FOLDER / "manifest.json").is_file():  # built before the foreign-blur sets existed
-            try: build_foreign_test_sets(root)
+        if not _foreign_sets_current(root):  # built before the foreign-blur sets existed, or with other synthesisers
+            try: build_foreign_test_sets(root, force=(root / FOREIGN_FOLDER / "manifest.json").is_file())
             except FileExistsError:
-                if not (root / FOREIGN_FOLDER / "manifest.json").is_file(): raise  # else a concurrent process built it
+                if not _foreign_sets_current(root): raise  # else a concurrent process built them
         return root
     if _is_nonempty_dir(root):
         raise FileExistsError(f"{root} is not empty but has no manifest.json: not a bundled dataset; "

@@ -21,7 +21,8 @@ from tqdm import tqdm
 
 from .blur import (DEFAULT_EXTENT, FOREIGN_SYNTHESISERS, GAMMA, SUBFRAME_CHOICES, _patch_size, _stream_rng, dead_leaves_image,
                            foreign_blur, foreign_library_versions, gopro_margin, synthesize_gopro_blur)
-from .utils import EXIT_USAGE, add_quiet_option, report_error, sha256_file, write_atomically, write_text_atomic
+from .utils import (EXIT_USAGE, add_debug_option, add_quiet_option, command, report_error, sha256_file, write_atomically,
+                            write_text_atomic)
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'REALBLUR_LISTS', 'DEFAULT_PHOTOS', 'DATASET_SCALES', 'MANIFEST_FORMAT', 'FOREIGN_FOLDER',
@@ -667,9 +668,6 @@ def ensure_default_dataset(root: str | os.PathLike | None = None, seed: int = 0,
     except FileExistsError:
         if (root / "manifest.json").is_file(): return root  # a concurrent process built it first
         raise
-
-
-from .utils import add_debug_option, command
 
 
 @command("dbgan-make-data")

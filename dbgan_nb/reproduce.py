@@ -35,8 +35,9 @@ from .metrics import PROTOCOL, compile_pays_off, image_metrics, psnr
 from .models import load_generator
 from .runs import TrainConfig, load_checkpoint
 from .train import train
-from .utils import (DEVICE_CHOICES, EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_quiet_option, markdown_table, report_error,
-                            sha256_file, write_atomically, write_csv_atomic, write_table, write_text_atomic)
+from .utils import (DEVICE_CHOICES, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, EXIT_USAGE, add_debug_option, add_quiet_option, command,
+                            markdown_table, report_error, sha256_file, write_atomically, write_csv_atomic, write_table,
+                            write_text_atomic)
 
 # %% auto #0
 __all__ = ['MPRNET_TABLE', 'PUBLISHED_GOPRO', 'PUBLISHED_OTHER', 'TABLE_COLUMNS', 'FOREIGN_COLUMN', 'BLURRED_METHOD',
@@ -550,9 +551,6 @@ def train_runs(runs: dict[str, tuple[str, TrainConfig]], reuse: bool = True, wor
     return folders, seconds, results
 
 # %% ../nbs/10_reproduce_gopro.ipynb #7e3462af
-from .utils import EXIT_STOPPED
-
-
 def train_one_run(name: str, params: dict, root: Path, progress: bool = True) -> int:
     "Train run `name` of the experiment that `params` (the notebook's) describes; exit status."
     if params.get("seeds"): return report_error("dbgan-reproduce", "--run trains one seed: drop seeds or set seed instead", EXIT_USAGE)
@@ -597,9 +595,6 @@ def time_split_line(parts: dict[str, float], command_seconds: float, setup_secon
     return (f"time split ({total / 60:.1f} min in all): " + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in items))
 
 # %% ../nbs/10_reproduce_gopro.ipynb #25930fc9
-from .utils import add_debug_option, command
-
-
 @command("dbgan-reproduce")
 def reproduce_cli(argv: Sequence[str] | None = None) -> int:
     "dbgan-reproduce [--mode quick|paper] [-f params.yaml] [--out runs/]: run the notebook with papermill, print the table."

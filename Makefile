@@ -41,7 +41,7 @@ nbtest: setup
 	OMP_NUM_THREADS=1 timeout 1200 $(BIN)/nbdev_test --timing
 
 pytest: setup
-	OMP_NUM_THREADS=1 timeout 1200 $(BIN)/python -m pytest -q tests
+	OMP_NUM_THREADS=1 timeout 1800 $(BIN)/python -m pytest -q --durations=15 tests
 
 # Performance table (figures/benchmarks.csv and .md); under 10 minutes on 2 CPU cores.
 bench: setup

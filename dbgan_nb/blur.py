@@ -17,8 +17,8 @@ from scipy import ndimage, signal
 # %% auto #0
 __all__ = ['GAMMA', 'DEFAULT_EXTENT', 'SUBFRAME_CHOICES', 'FOREIGN_SYNTHESISERS', 'GoProBlur', 'gopro_margin', 'camera_path',
            'render_subframes', 'average_subframes', 'synthesize_gopro_blur', 'boracchi_foi_trajectory',
-           'splat_trajectory', 'trajectory_kernel', 'apply_kernel', 'power_law_radii', 'dead_leaves_image',
-           'kornia_blur', 'albumentations_blur', 'foreign_blur', 'foreign_library_versions']
+           'splat_trajectory', 'trajectory_kernel', 'apply_kernel', 'renderer_path_length', 'power_law_radii',
+           'dead_leaves_image', 'kornia_blur', 'albumentations_blur', 'foreign_blur', 'foreign_library_versions']
 
 # %% ../nbs/01_blur.ipynb #18f6e44c
 def _patch_size(patch: int | tuple[int, int] | None) -> tuple[int, int] | None:
@@ -189,6 +189,13 @@ def apply_kernel(image: np.ndarray, kernel: np.ndarray) -> np.ndarray:
     if squeeze: out = out[..., 0]
     if image.dtype == np.uint8: return np.clip(np.round(out), 0, 255).astype(np.uint8)
     return out.astype(image.dtype if np.issubdtype(image.dtype, np.floating) else np.float64)
+
+# %% ../nbs/01_blur.ipynb #10d95340
+def renderer_path_length(rng: np.random.Generator | int | None = None, extent: float = DEFAULT_EXTENT) -> float:
+    "Length in pixels of one random GoPro-protocol camera path (the frame centre's travel over the exposure)."
+    rng = _as_rng(rng)
+    path = camera_path(int(rng.choice(SUBFRAME_CHOICES)), (256, 256), rng, extent)  # the shape only scales roll and zoom
+    return float(np.hypot(*np.diff(path[:, :2], axis=0).T).sum())
 
 # %% ../nbs/01_blur.ipynb #1827a52c
 def power_law_radii(rng: np.random.Generator, n: int, r_min: float, r_max: float, exponent: float = 3.0) -> np.ndarray:

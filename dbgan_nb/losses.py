@@ -19,8 +19,8 @@ from torchvision.models.vgg import make_layers
 
 # %% auto #0
 __all__ = ['LOSS_KINDS', 'IMAGENET_MEAN', 'IMAGENET_STD', 'relativistic_d_loss', 'relativistic_g_loss', 'gan_d_loss',
-           'gan_g_loss', 'content_loss', 'gaussian_lowpass', 'lowpass_content_loss', 'vgg19_conv_indices',
-           'PerceptualLoss', 'BGANLoss', 'DBGANLoss', 'imagenet_vgg19_cache_path']
+           'gan_g_loss', 'content_loss', 'gaussian_lowpass', 'lowpass_content_loss', 'mode_seeking_loss',
+           'vgg19_conv_indices', 'PerceptualLoss', 'BGANLoss', 'DBGANLoss', 'imagenet_vgg19_cache_path']
 
 # %% ../nbs/04_losses.ipynb #6971de9f
 LOSS_KINDS = ("ls", "bce")
@@ -108,6 +108,12 @@ def gaussian_lowpass(images: torch.Tensor, sigma: float) -> torch.Tensor:
 def lowpass_content_loss(x: torch.Tensor, y: torch.Tensor, sigma: float) -> torch.Tensor:
     "Mean squared error between the Gaussian-low-passed versions of two images of equal shape."
     return content_loss(gaussian_lowpass(x, sigma), gaussian_lowpass(y, sigma))
+
+# %% ../nbs/04_losses.ipynb #fc678448
+def mode_seeking_loss(fake_1: torch.Tensor, fake_2: torch.Tensor, z_1: torch.Tensor, z_2: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    "1 / (mean|G(z1) - G(z2)| / mean|z1 - z2| + eps): small when two noise draws give different images (Mao et al. 2019)."
+    ratio = (fake_1 - fake_2).abs().mean() / (z_1 - z_2).abs().mean().clamp_min(eps)
+    return 1.0 / (ratio + eps)
 
 # %% ../nbs/04_losses.ipynb #693856c3
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

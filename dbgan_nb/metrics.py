@@ -31,8 +31,9 @@ from .utils import (EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_debug_option, add_devi
 __all__ = ['PEAK', 'SSIM_WINDOW', 'SSIM_SIGMA', 'SSIM_K1', 'SSIM_K2', 'COMPILED_STRIP_ROWS', 'MAX_COMPILED_SHAPES', 'PROTOCOL',
            'METRIC_COLUMNS', 'COMPILE_MIN_PIXELS', 'REALBLUR_PROTOCOL', 'REALBLUR_COLUMNS', 'as_levels', 'psnr',
            'gaussian_taps', 'Workspace', 'gaussian_filter_valid', 'ssim2d', 'channel_mixing_matrix', 'ssim_matlab',
-           'torch_threads', 'image_metrics', 'compile_pays_off', 'realblur_align', 'as_rgb_float', 'realblur_metrics',
-           'match_predictions', 'evaluate_files', 'evaluate_pairs', 'evaluate_folders', 'summary_line', 'eval_cli']
+           'torch_threads', 'roc_auc', 'image_metrics', 'compile_pays_off', 'realblur_align', 'as_rgb_float',
+           'realblur_metrics', 'match_predictions', 'evaluate_files', 'evaluate_pairs', 'evaluate_folders',
+           'summary_line', 'eval_cli']
 
 # %% ../nbs/02_metrics.ipynb #91ce89f4
 PEAK = 255.0  # data range L of 8-bit images
@@ -270,6 +271,19 @@ def torch_threads(n: int | None):
     if n is not None: torch.set_num_threads(n)
     try: yield
     finally: torch.set_num_threads(before)
+
+# %% ../nbs/02_metrics.ipynb #30716663
+def roc_auc(positive: Sequence[float] | np.ndarray, negative: Sequence[float] | np.ndarray) -> float:
+    "P(a positive scores above a negative) + P(tie) / 2, from mid-ranks (the Mann-Whitney U over n m)."
+    pos, neg = np.asarray(positive, np.float64).ravel(), np.asarray(negative, np.float64).ravel()
+    if len(pos) == 0 or len(neg) == 0: raise ValueError(f"need scores of both kinds, got {len(pos)} positive and {len(neg)} negative")
+    if not (np.isfinite(pos).all() and np.isfinite(neg).all()): raise ValueError("scores must be finite")
+    pooled = np.concatenate([pos, neg])
+    order = np.argsort(pooled, kind="stable")
+    ranks = np.empty(len(pooled)); ranks[order] = np.arange(1, len(pooled) + 1)
+    values, inverse = np.unique(pooled, return_inverse=True)  # mid-ranks: ties share the mean of their ranks
+    ranks = (np.bincount(inverse, ranks) / np.bincount(inverse))[inverse]
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
 
 # %% ../nbs/02_metrics.ipynb #af01c75a
 PROTOCOL = ("PSNR/SSIM on RGB uint8 (outputs clamped to [0,1] and rounded), peak 255, no border crop, mean of per-image "

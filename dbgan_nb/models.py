@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 import pickletools
 import zipfile
 from collections.abc import Mapping
@@ -15,15 +16,17 @@ from typing import Any
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from .utils import sha256_file
 
 # %% auto #0
 __all__ = ['GENERATOR_FORMAT', 'GENERATORS', 'conv3x3', 'RDB', 'set_dense_path', 'RRDB', 'clamp_straight_through',
-           'ResidualDenseGenerator', 'DBGANGenerator', 'BGANGenerator', 'ReleaseTrunk', 'ReleaseGenerator',
-           'VGGDiscriminator', 'init_normal_', 'count_parameters', 'count_macs', 'native_bf16', 'generator_checkpoint',
-           'UnsafeCheckpointError', 'verify_sha256', 'load_generator']
+           'ResidualDenseGenerator', 'DBGANGenerator', 'BGANGenerator', 'PathBlurGenerator', 'ReleaseTrunk',
+           'ReleaseGenerator', 'standardise_patches', 'VGGDiscriminator', 'init_normal_', 'count_parameters',
+           'count_macs', 'native_bf16', 'generator_checkpoint', 'UnsafeCheckpointError', 'verify_sha256',
+           'load_generator']
 
 # %% ../nbs/03_models.ipynb #8701b463
 def conv3x3(in_ch: int, out_ch: int) -> nn.Conv2d:
@@ -154,6 +157,59 @@ class BGANGenerator(ResidualDenseGenerator):
         noise_map = z[:, :, None, None].expand(n, self.noise_dim, h, w)  # the same z at every pixel
         return clamp_straight_through(sharp + self.residual(torch.cat([sharp, noise_map], 1)))
 
+# %% ../nbs/03_models.ipynb #409078a5
+class PathBlurGenerator(nn.Module):
+    "Structured BGAN: z -> a camera path (a bent line, direction uniform in z_0) -> the mean of K shifted copies of the sharp image."
+    keeps_own_init = True  # the trainer's N(0, std) init would move it off the identity
+
+    def __init__(self, noise_dim: int = 4, n_sub: int = 13, max_length: float = 24.0, hidden: int = 32, gamma: float = 1.0):
+        super().__init__()
+        if noise_dim < 2 or n_sub < 2 or max_length <= 0 or gamma <= 0:
+            raise ValueError(f"need noise_dim >= 2, n_sub >= 2, max_length > 0, gamma > 0; got {noise_dim}, {n_sub}, {max_length}, {gamma}")
+        self.noise_dim, self.n_sub, self.max_length, self.gamma = noise_dim, n_sub, float(max_length), float(gamma)
+        self.config = dict(noise_dim=noise_dim, n_sub=n_sub, max_length=float(max_length), hidden=hidden, gamma=float(gamma))
+        self.mlp = nn.Sequential(nn.Linear(noise_dim - 1, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden),
+                                 nn.LeakyReLU(0.2), nn.Linear(hidden, 2))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        "Kaiming hidden layers; a zero last layer with length bias -4: every z gives a path of 0.018 L_max (0.4 px at 24)."
+        for m in self.mlp:
+            if isinstance(m, nn.Linear): nn.init.kaiming_uniform_(m.weight, a=0.2); nn.init.zeros_(m.bias)
+        with torch.no_grad(): self.mlp[-1].weight.zero_(); self.mlp[-1].bias.copy_(torch.tensor([-4.0, 0.0]))
+
+    def sample_noise(self, n: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
+        "z ~ N(0, I), one noise_dim vector per image: shape (n, noise_dim)."
+        return torch.randn(n, self.noise_dim, generator=generator, device=device or self.mlp[0].weight.device)
+
+    def path(self, z: torch.Tensor) -> torch.Tensor:
+        "(N, n_sub, 2) sub-frame shifts (dx, dy) in pixels for noise z (N, noise_dim); the centre frame is not shifted."
+        z = z.float()
+        u = self.mlp(z[:, 1:])
+        length, bend = self.max_length * torch.sigmoid(u[:, 0]), torch.tanh(u[:, 1])
+        theta = math.pi * (1 + torch.erf(z[:, 0] / math.sqrt(2)))  # 2 pi Phi(z_0)
+        t = torch.linspace(-0.5, 0.5, self.n_sub, device=z.device)
+        along, across = length[:, None] * t, (length * bend)[:, None] * t**2
+        c, s = torch.cos(theta)[:, None], torch.sin(theta)[:, None]
+        path = torch.stack([along * c - across * s, along * s + across * c], -1)
+        return path - path[:, self.n_sub // 2 : self.n_sub // 2 + 1]
+
+    def forward(self, sharp: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
+        "Blur a batch of sharp images along the paths of z (sampled from N(0, I) when not given)."
+        _check_image_batch(sharp, "sharp")
+        n, _, h, w = sharp.shape
+        if z is None: z = self.sample_noise(n, device=sharp.device)
+        if z.shape != (n, self.noise_dim): raise ValueError(f"z must have shape ({n}, {self.noise_dim}), got {tuple(z.shape)}")
+        shifts = self.path(z.to(sharp.device))
+        x = sharp.float().clamp(0, 1) ** self.gamma
+        rows, cols = torch.meshgrid(torch.arange(h, device=x.device, dtype=x.dtype), torch.arange(w, device=x.device, dtype=x.dtype), indexing="ij")
+        total = torch.zeros_like(x)
+        for k in range(self.n_sub):  # output(x) = sharp(x - p_k); grid_sample wants [-1, 1] coordinates
+            gx = (cols - shifts[:, k, 0, None, None]) * (2 / max(w - 1, 1)) - 1
+            gy = (rows - shifts[:, k, 1, None, None]) * (2 / max(h - 1, 1)) - 1
+            total = total + F.grid_sample(x, torch.stack([gx, gy], -1), mode="bilinear", padding_mode="border", align_corners=True)
+        return (total / self.n_sub).clamp_min(0) ** (1 / self.gamma)
+
 # %% ../nbs/03_models.ipynb #6ecef51c
 class ReleaseTrunk(nn.Module):
     "The released trunk: x + conv(RRDB^16(x)), named `sub1` (RRDBs) and `sub2` (conv) as in G.pth."
@@ -181,12 +237,18 @@ class ReleaseGenerator(nn.Module):
         return clamp_straight_through(x + self.model(x))
 
 # %% ../nbs/03_models.ipynb #b049869f
+def standardise_patches(x: torch.Tensor, eps: float = 1e-3) -> torch.Tensor:
+    "Each image of a (N, C, H, W) batch shifted to mean 0 and scaled to standard deviation 1 (over C, H, W)."
+    mean, std = x.mean(dim=(1, 2, 3), keepdim=True), x.std(dim=(1, 2, 3), keepdim=True)
+    return (x - mean) / (std + eps)  # eps: a flat patch stays finite
+
+
 class VGGDiscriminator(nn.Module):
     "VGG-style discriminator (ESRGAN layout): 5 stages of conv + strided conv, adaptive pool, MLP -> raw score (N,)."
-    def __init__(self, patch: int = 128, in_ch: int = 3, nf: int = 64, norm: bool = False):
+    def __init__(self, patch: int = 128, in_ch: int = 3, nf: int = 64, norm: bool = False, standardise: bool = False):
         super().__init__()
         if patch < 32 or patch % 32: raise ValueError(f"patch must be a positive multiple of 32, got {patch}")
-        self.config = dict(patch=patch, in_ch=in_ch, nf=nf, norm=norm)
+        self.config = dict(patch=patch, in_ch=in_ch, nf=nf, norm=norm, standardise=standardise)
         widths = [nf, nf * 2, nf * 4, nf * 8, nf * 8]
         layers, prev = [], in_ch
         for stage, width in enumerate(widths):
@@ -208,6 +270,7 @@ class VGGDiscriminator(nn.Module):
         "Raw (pre-sigmoid) score per image, shape (N,)."
         if x.ndim != 4 or x.shape[1] != self.config["in_ch"] or min(x.shape[-2:]) < 32:
             raise ValueError(f"expected (N, {self.config['in_ch']}, H, W) with H, W >= 32, got {tuple(x.shape)}")
+        if self.config["standardise"]: x = standardise_patches(x)
         return self.head(self.pool(self.features(x))).squeeze(1)
 
 # %% ../nbs/03_models.ipynb #166e1e9b
@@ -246,6 +309,7 @@ def native_bf16(device: torch.device | str) -> bool:
 # %% ../nbs/03_models.ipynb #91431b97
 GENERATOR_FORMAT = "dbgan-nb/generator"  # a training checkpoint is "dbgan-nb/train" (TRAINING_FORMAT)
 GENERATORS: dict[str, type[nn.Module]] = {"DBGANGenerator": DBGANGenerator, "BGANGenerator": BGANGenerator,
+                                          "PathBlurGenerator": PathBlurGenerator,
                                           "ReleaseGenerator": ReleaseGenerator}
 
 def _unwrap(model: nn.Module) -> nn.Module:

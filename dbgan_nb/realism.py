@@ -5,30 +5,36 @@
 # %% ../nbs/07_realism.ipynb #28dd487d
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blur import SUBFRAME_CHOICES, apply_kernel, synthesize_gopro_blur, trajectory_kernel
+from .blur import SUBFRAME_CHOICES, apply_kernel, gopro_margin, synthesize_gopro_blur, trajectory_kernel
 from .data import image_to_tensor, tensor_to_image
-from .models import load_generator
+from .models import load_generator, standardise_patches
 from .utils import pick_device
 
 # %% auto #0
-__all__ = ['BlurClassifier', 'centre_crop_to', 'paired_frames', 'paired_patches', 'RealismTest', 'realism_accuracy',
-           'realism_verdict', 'kernel_blur_frames', 'bgan_blur_frames', 'gopro_resample_frames', 'bgan_realism']
+__all__ = ['BAND_COUNT', 'GAME_COLUMNS', 'BGAN_DBGAN', 'BlurClassifier', 'centre_crop_to', 'paired_frames', 'paired_patches',
+           'band_power_features', 'fit_logistic', 'band_power_accuracy', 'RealismTest', 'realism_accuracy',
+           'binomial_stderr', 'realism_verdict', 'band_verdict', 'anisotropy', 'blur_character', 'renderer_character',
+           'kernel_blur_frames', 'bgan_blur_frames', 'gopro_resample_frames', 'last_validation', 'bgan_realism',
+           'game_outcome']
 
 # %% ../nbs/07_realism.ipynb #8855a25b
 class BlurClassifier(nn.Module):
     "Small CNN: (N, 3, H, W) patches in [0, 1] -> one logit each (positive: real blur)."
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, standardise: bool = False):
         super().__init__()
+        self.standardise = standardise
         layers, channels = [], 3
         for stage in range(4):
             out = width * 2 ** min(stage, 2)
@@ -39,6 +45,7 @@ class BlurClassifier(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         "Logits of shape (N,)."
+        if self.standardise: x = standardise_patches(x)
         return self.head(self.features(x).mean(dim=(2, 3))).squeeze(1)
 
 # %% ../nbs/07_realism.ipynb #191531d8
@@ -71,6 +78,45 @@ def paired_patches(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], n: in
             out.append(image_to_tensor(crop[:, ::-1] if k >= 4 else crop))
     return torch.stack(out_real), torch.stack(out_fake)
 
+# %% ../nbs/07_realism.ipynb #99affb84
+BAND_COUNT = 8  # rings of radial frequency; their 7 neighbour log ratios are the features
+
+
+def band_power_features(patches: torch.Tensor) -> np.ndarray:
+    "(N, BAND_COUNT - 1) log power ratios of neighbouring frequency rings of each (grey, mean-free, Hann-windowed) patch."
+    x = patches.double().mean(dim=1).numpy()
+    n, h, w = x.shape
+    x = (x - x.mean(axis=(1, 2), keepdims=True)) * np.outer(np.hanning(h), np.hanning(w))
+    power = np.abs(np.fft.fft2(x)) ** 2
+    radius = np.hypot(*np.meshgrid(np.fft.fftfreq(h), np.fft.fftfreq(w), indexing="ij"))
+    edges = np.geomspace(2 / min(h, w), 0.5, BAND_COUNT + 1)
+    rings = [(radius >= lo) & (radius < hi) for lo, hi in zip(edges[:-1], edges[1:])]
+    bands = np.stack([power[:, ring].mean(axis=1) for ring in rings], axis=1)
+    return np.diff(np.log(bands + 1e-20), axis=1)
+
+
+def fit_logistic(features: np.ndarray, labels: np.ndarray, ridge: float = 1e-3, iterations: int = 50) -> np.ndarray:
+    "Weights (bias last) of a ridge-penalised logistic regression, by Newton's method in float64."
+    x = np.hstack([features, np.ones((len(features), 1))])
+    w = np.zeros(x.shape[1])
+    penalty = ridge * len(x) * np.diag([1.0] * features.shape[1] + [0.0])  # the bias is not penalised
+    for _ in range(iterations):
+        p = 1 / (1 + np.exp(-x @ w))
+        step = np.linalg.solve(x.T @ (x * (p * (1 - p))[:, None]) + penalty, x.T @ (p - labels) + penalty @ w)
+        w -= step
+        if np.abs(step).max() < 1e-10: break
+    return w
+
+
+def band_power_accuracy(train: tuple[torch.Tensor, torch.Tensor], test: tuple[torch.Tensor, torch.Tensor]) -> float:
+    "Held-out accuracy of a logistic regression on band-power features: (real, synthesised) training and test patches."
+    f_train = np.vstack([band_power_features(train[0]), band_power_features(train[1])])
+    mean, std = f_train.mean(axis=0), f_train.std(axis=0) + 1e-12
+    labels = np.r_[np.ones(len(train[0])), np.zeros(len(train[1]))]
+    w = fit_logistic((f_train - mean) / std, labels)
+    score = lambda p: np.hstack([(band_power_features(p) - mean) / std, np.ones((len(p), 1))]) @ w
+    return float(((score(test[0]) > 0).sum() + (score(test[1]) <= 0).sum()) / (len(test[0]) + len(test[1])))
+
 # %% ../nbs/07_realism.ipynb #15c6ab58
 @dataclass
 class RealismTest:
@@ -82,6 +128,8 @@ class RealismTest:
     lr: float = 1e-3
     per_image: int = 8      # held-out patches per image
     seed: int = 0
+    standardise: bool = True  # per-patch standardised input (False: raw intensities, whose verdict swings)
+    band_patches: int = 4096  # training patch pairs of the band-power test
 
 
 def realism_accuracy(real_train: Sequence[np.ndarray], fake_train: Sequence[np.ndarray], real_test: Sequence[np.ndarray],
@@ -90,7 +138,7 @@ def realism_accuracy(real_train: Sequence[np.ndarray], fake_train: Sequence[np.n
     device, rng = pick_device(device), np.random.default_rng(test.seed)
     (real_train, fake_train), (real_test, fake_test) = paired_frames(real_train, fake_train), paired_frames(real_test, fake_test)
     torch.manual_seed(test.seed)
-    net = BlurClassifier(test.width).to(device)
+    net = BlurClassifier(test.width, test.standardise).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=test.lr)
     half = test.batch // 2
     labels = torch.cat([torch.ones(half), torch.zeros(half)]).to(device)
@@ -99,17 +147,24 @@ def realism_accuracy(real_train: Sequence[np.ndarray], fake_train: Sequence[np.n
         loss = F.binary_cross_entropy_with_logits(net(x.to(device)), labels)
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
     net.eval()
-    with torch.no_grad():
-        def accuracy(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], seed: int) -> tuple[float, int]:
-            pairs = [paired_patches([r], [f], test.per_image, test.patch, np.random.default_rng([seed, k]), flips=False)
-                     for k, (r, f) in enumerate(zip(real, fake))]
-            r, f = torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
-            right = (net(r.to(device)) > 0).sum().item() + (net(f.to(device)) <= 0).sum().item()
-            return right / (len(r) + len(f)), len(r) + len(f)
-        held_out, n = accuracy(real_test, fake_test, test.seed + 1)
-        train_acc, n_train = accuracy(real_train, fake_train, test.seed + 2)
-    return {"accuracy": held_out, "stderr": math.sqrt(max(held_out * (1 - held_out), 1e-12) / n), "n_test": n,
-            "train_accuracy": train_acc, "n_train": n_train}
+    def held_out_patches(real: Sequence[np.ndarray], fake: Sequence[np.ndarray], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        pairs = [paired_patches([r], [f], test.per_image, test.patch, np.random.default_rng([seed, k]), flips=False)
+                 for k, (r, f) in enumerate(zip(real, fake))]
+        return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
+    def accuracy(r: torch.Tensor, f: torch.Tensor) -> float:
+        with torch.no_grad(): return ((net(r.to(device)) > 0).sum().item() + (net(f.to(device)) <= 0).sum().item()) / (len(r) + len(f))
+    test_patches, train_patches = held_out_patches(real_test, fake_test, test.seed + 1), held_out_patches(real_train, fake_train, test.seed + 2)
+    held_out, n, n_train = accuracy(*test_patches), 2 * len(test_patches[0]), 2 * len(train_patches[0])
+    band = band_power_accuracy(paired_patches(real_train, fake_train, test.band_patches, test.patch, np.random.default_rng(test.seed + 3)),
+                               test_patches)
+    return {"accuracy": held_out, "stderr": binomial_stderr(held_out, n), "n_test": n,
+            "train_accuracy": accuracy(*train_patches), "n_train": n_train,
+            "band_accuracy": band, "band_stderr": binomial_stderr(band, n)}
+
+
+def binomial_stderr(accuracy: float, n: int) -> float:
+    "Standard error sqrt(a (1 - a) / n) of an accuracy measured on n independent items."
+    return math.sqrt(max(accuracy * (1 - accuracy), 1e-12) / n)
 
 # %% ../nbs/07_realism.ipynb #7e20fc27
 def realism_verdict(result: dict) -> str:
@@ -117,6 +172,49 @@ def realism_verdict(result: dict) -> str:
     if result["accuracy"] - 2 * result["stderr"] > 0.5: return "told apart"
     learned = result["train_accuracy"] - 2 * math.sqrt(0.25 / result["n_train"]) > 0.5
     return "not told apart" + (" (training patches separated)" if learned else " (not even the training patches)")
+
+
+def band_verdict(result: dict) -> str:
+    "The band-power test's verdict: 'told apart' when its held-out accuracy is two standard errors above 0.5 (else 'not told apart'; '' without it)."
+    if "band_accuracy" not in result: return ""
+    return "told apart" if result["band_accuracy"] - 2 * result["band_stderr"] > 0.5 else "not told apart"
+
+# %% ../nbs/07_realism.ipynb #9d26dafa
+def _structure_tensor(image: np.ndarray) -> np.ndarray:
+    "2x2 sum of outer products of the central-difference gradients of the grey image (interior pixels)."
+    g = np.asarray(image, np.float64)
+    g = g.mean(axis=-1) if g.ndim == 3 else g
+    # central, not forward, differences: forward ones share a pixel, which makes even white noise look diagonal
+    gx, gy = (g[1:-1, 2:] - g[1:-1, :-2]) / 2, (g[2:, 1:-1] - g[:-2, 1:-1]) / 2
+    return np.array([[np.sum(gx * gx), np.sum(gx * gy)], [np.sum(gx * gy), np.sum(gy * gy)]])
+
+
+def anisotropy(blur: np.ndarray, sharp: np.ndarray) -> float:
+    "Largest over smallest, over directions, of the share of the sharp image's directional gradient energy the blur keeps."
+    if blur.shape != sharp.shape: raise ValueError(f"blur {blur.shape} and sharp {sharp.shape} must have the same shape")
+    ratios = np.linalg.eigvals(np.linalg.solve(_structure_tensor(sharp), _structure_tensor(blur))).real
+    return float(ratios.max() / ratios.min())
+
+
+def _inner(image: np.ndarray, margin: int) -> np.ndarray:
+    "The image without a border of `margin` pixels."
+    return image[margin:image.shape[0] - margin, margin:image.shape[1] - margin]
+
+
+@torch.no_grad()
+def blur_character(bgan: nn.Module, sharp: Sequence[np.ndarray], seed: int = 0, device: str | torch.device = "cpu") -> dict:
+    "A BGAN's mean anisotropy and z spread (grey levels between two noise draws) over frames, inside the renderer's margin."
+    m, (first, second) = gopro_margin(12.0), (bgan_blur_frames(bgan, sharp, seed + k, device) for k in (0, 1))
+    return {"anisotropy": float(np.mean([anisotropy(_inner(b, m), _inner(s, m)) for b, s in zip(first, sharp)])),
+            "z_spread": float(np.mean([np.abs(_inner(a, m).astype(float) - _inner(b, m)).mean() for a, b in zip(first, second)]))}
+
+
+def renderer_character(sharp: Sequence[np.ndarray], seed: int = 0, extent: float = 12.0) -> dict:
+    "The GoPro protocol's mean anisotropy and path spread (grey levels between two camera paths) over frames."
+    first, second = gopro_resample_frames(sharp, seed, extent), gopro_resample_frames(sharp, seed + 1, extent)
+    m = gopro_margin(extent)
+    return {"anisotropy": float(np.mean([anisotropy(b, _inner(s, m)) for b, s in zip(first, sharp)])),
+            "path_spread": float(np.mean([np.abs(a.astype(float) - b).mean() for a, b in zip(first, second)]))}
 
 # %% ../nbs/07_realism.ipynb #d9d07b52
 def kernel_blur_frames(sharp: Sequence[np.ndarray], kernel_size: int = 31, seed: int = 0) -> list[np.ndarray]:
@@ -144,10 +242,42 @@ def gopro_resample_frames(sharp: Sequence[np.ndarray], seed: int = 0, extent: fl
     return [synthesize_gopro_blur(s, int(rng.choice(SUBFRAME_CHOICES)), rng, **kw).blur for s in sharp]
 
 # %% ../nbs/07_realism.ipynb #bd3dd7fc
+def last_validation(run: str | Path) -> dict:
+    "The last row of a run folder's val.csv as floats ({} without one)."
+    path = Path(run) / "val.csv"
+    if not path.is_file(): return {}
+    with path.open() as f: rows = list(csv.DictReader(f))
+    return {k: float(v) if v not in ("", None) else math.nan for k, v in rows[-1].items()} if rows else {}
+
+
 def bgan_realism(checkpoint: str | Path, real_train: Sequence[np.ndarray], sharp_train: Sequence[np.ndarray],
                  real_test: Sequence[np.ndarray], sharp_test: Sequence[np.ndarray], seed: int = 0,
                  test: RealismTest = RealismTest(), device: str | torch.device = "cpu") -> dict:
-    "realism_accuracy of the BGAN saved in `checkpoint`: its blur of the training frames (seed) against its blur of the held-out ones (seed + 1)."
+    "Both realism tests of the BGAN in `checkpoint` (train frames: seed, held-out: seed + 1), its blur_character, and its run's last d_auc, d_auc_sharp and sharpness gap."
     bgan = load_generator(checkpoint)
-    return realism_accuracy(real_train, bgan_blur_frames(bgan, sharp_train, seed, device), real_test,
-                            bgan_blur_frames(bgan, sharp_test, seed + 1, device), test, device)
+    result = realism_accuracy(real_train, bgan_blur_frames(bgan, sharp_train, seed, device), real_test,
+                              bgan_blur_frames(bgan, sharp_test, seed + 1, device), test, device)
+    last = last_validation(Path(checkpoint).parent)
+    return {**result, **blur_character(bgan, sharp_test, seed, device),
+            **{k: last.get(k, math.nan) for k in ("d_auc", "d_auc_sharp", "sharpness_gap_db")}}
+
+# %% ../nbs/07_realism.ipynb #bd551eee
+GAME_COLUMNS = ("d_auc", "anisotropy", "z_spread", "sharpness_gap_db", "accuracy", "band_accuracy")
+BGAN_DBGAN = "DBGAN, BGAN-synthesised blur"  # the method name of the BGAN-trained DBGAN in the reproduction's tables
+
+
+def game_outcome(folders: dict[str, str | Path]) -> pd.DataFrame:
+    "One row per candidate: mean and std over seeds of GAME_COLUMNS (its BGAN rows of realism.csv) and of its DBGAN's gains."
+    rows = []
+    for name, folder in folders.items():
+        folder = Path(folder)
+        realism, table = pd.read_csv(folder / "realism.csv"), pd.read_csv(folder / "gopro_table.csv")
+        bgan = realism[realism.synthesis.str.match(r"BGAN, (seed \d+|this run)$")]
+        seeds = pd.read_csv(folder / "per_seed.csv")
+        gains = seeds[seeds.method == BGAN_DBGAN].psnr - table.psnr.iloc[0]  # row 0: the blurred input
+        row = {"candidate": name, "seeds": len(bgan)}
+        for column in GAME_COLUMNS: row[column], row[f"{column}_std"] = bgan[column].mean(), bgan[column].std(ddof=1)
+        row["gain"], row["gain_std"] = gains.mean(), gains.std(ddof=1)
+        row["foreign_gain"] = table.loc[table.method == BGAN_DBGAN, "foreign_gain"].mean()
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -278,14 +278,21 @@ def transfer_figure(gains: pd.DataFrame) -> matplotlib.figure.Figure:
 
 # %% ../nbs/10_reproduce_gopro.ipynb #8513cf2f
 def discriminator_traces_figure(runs: dict[str, str | os.PathLike]) -> matplotlib.figure.Figure | None:
-    "Mean discriminator score of real and of generated images against steps, one panel per run that has a discriminator."
+    "Mean discriminator score of real and of generated images against steps, one panel per run that has a discriminator, with its held-out AUC where logged."
     logs = {name: pd.read_csv(Path(folder) / "metrics.csv") for name, folder in runs.items()}
     logs = {name: log for name, log in logs.items() if "d_real" in log and log.d_real.notna().any()}
     if not logs: return None
     fig, axes = plt.subplots(1, len(logs), figsize=(4.5 * len(logs), 3.0), squeeze=False)
     for ax, (name, log) in zip(axes[0], logs.items()):
         ax.plot(log.step, log.d_real, label="real"); ax.plot(log.step, log.d_fake, label="generated")
-        ax.set(title=f"{name}: mean discriminator score", xlabel="step"); ax.legend(fontsize=7)
+        ax.set(title=f"{name}: mean discriminator score", xlabel="step"); ax.legend(fontsize=7, loc="upper left")
+        val = Path(runs[name]) / "val.csv"
+        val = pd.read_csv(val) if val.is_file() else None
+        if val is not None and "d_auc" in val and val.d_auc.notna().any():  # BGAN: does D separate held-out frames?
+            auc = ax.twinx()
+            auc.plot(val.step, val.d_auc, "ko-", ms=3, lw=1, label="held-out AUC (right)")
+            auc.axhline(0.5, color="k", ls=":", lw=0.8); auc.set_ylim(0, 1); auc.set_ylabel("ROC AUC, held-out frames")
+            auc.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     return fig
 
@@ -335,10 +342,14 @@ def load_seed_study(path: str | os.PathLike) -> dict[str, list[float]] | None:
 REFERENCE_FORMAT = "dbgan-nb/reference-weights"
 
 
-def export_reference_weights(runs: dict[str, Path], dest: str | os.PathLike, data_path: Path, description: str) -> Path:
-    "Each run's generator (fp32), logs and config, and manifest.json with settings, timings, hardware and SHA-256s."
+def export_reference_weights(runs: dict[str, Path], dest: str | os.PathLike, data_path: Path, description: str,
+                             keep: Sequence[str] = ()) -> Path:
+    "Each run's generator (fp32), logs and config, and manifest.json with settings, timings, hardware and SHA-256s; `keep`: runs of the folder's manifest to keep."
     dest = Path(dest)
-    entries = {}
+    old = json.loads((dest / "manifest.json").read_text()) if keep else {}
+    missing = [k for k in keep if k not in old.get("runs", {})]
+    if missing: raise ValueError(f"keep: {', '.join(missing)} not in {dest / 'manifest.json'}")
+    entries = {k: {**old["runs"][k], "description": old["runs"][k].get("description", old["description"])} for k in keep}
     for name, run in runs.items():
         ck = load_checkpoint(Path(run) / "last.pt")
         generator = ck["generator"]
@@ -447,12 +458,15 @@ def experiment_configs(p: dict, data_path: Path, out_path: Path) -> dict[str, tu
                            log_every=max(min(10, iterations // 10), 1), checkpoint_every=p["checkpoint_every"] or iterations)
     runs = {"bgan": ("bgan", config("bgan", p["bgan_iterations"], n_blocks=p["bgan_blocks"], loss_kind=p["bgan_loss_kind"],
                                     perceptual_weights=p["bgan_perceptual_weights"], perceptual_layer=p["bgan_perceptual_layer"],
-                                    lowpass_sigma=p["bgan_lowpass_sigma"]))}
+                                    lowpass_sigma=p["bgan_lowpass_sigma"], arch=p["bgan_arch"],
+                                    d_standardise=p["bgan_d_standardise"], d_lr=p["bgan_d_lr"], mode_seeking=p["bgan_mode_seeking"]))}
     for source in p["sources"]:
         # "renders": the real pairs, each replaced with probability p["renders"] by a fresh render of the same frame;
-        # "leaves": the same, and p["render_leaves"] dead-leaves scenes beside the frames, always rendered
+        # "leaves": the same, and p["render_leaves"] dead-leaves scenes beside the frames, always rendered;
+        # "kernel_matched": kernel blur whose path lengths are drawn like the renderer's camera paths
         runs[f"dbgan_{source}"] = ("dbgan", config(
-            f"dbgan_{source}", p["dbgan_iterations"], source="real" if source in ORACLES else source,
+            f"dbgan_{source}", p["dbgan_iterations"], source="real" if source in ORACLES else source.removesuffix("_matched"),
+            kernel_length="renderer" if source == "kernel_matched" else None,
             renders=p["renders"] if source in ORACLES else 0.0, arch=p["dbgan_arch"], n_blocks=p["dbgan_blocks"],
             perceptual_weights=p["perceptual_weights"], perceptual_layer=p["perceptual_layer"], real_ratio=p["real_ratio"],
             dead_leaves={"real": 0, "renders": 0, "leaves": p["render_leaves"]}.get(source, p["dead_leaves"]),

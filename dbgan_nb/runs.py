@@ -98,9 +98,10 @@ class TrainConfig(SettingsFile):
     renders: float = 0.0                   # chance that a real pair is a fresh GoPro-protocol render instead (bundled data)
     dead_leaves: int = 0                   # dead-leaves scenes added to the training content: the sharp pool of sources bgan/kernel, the rendered frames of real pairs with renders > 0 (0: photos only)
     kernel_size: int = 31                  # trajectory kernel size for source="kernel"
+    kernel_length: Optional[str] = None    # kernel path lengths: None (30-100% of the kernel, DeblurGAN) or "renderer" (the renderer's camera paths)
     augment: bool = True                   # random dihedral flips/rotations of the patches
     # models
-    arch: str = "rdb"                      # DBGAN's G: "rdb" (paper text, figure 2) or "rrdb" (the released G.pth)
+    arch: str = "rdb"                      # G: "rdb" (paper text, figure 2); DBGAN also "rrdb" (the released G.pth); BGAN also "path" (camera-path blur, DEPARTURE)
     n_blocks: Optional[int] = None         # blocks in G (RDBs, or RRDBs for arch rrdb); None -> paper (BGAN 9, DBGAN 16)
     nf: int = 64
     gc: int = 32
@@ -109,6 +110,7 @@ class TrainConfig(SettingsFile):
     init_std: float = 0.01                 # paper: N(0, 0.01)
     init_from: Optional[str] = None        # start G from these weights (G.pth or our checkpoint; must match arch and sizes)
     d_init_std: Optional[float] = None     # discriminator init std (None: init_std)
+    d_standardise: bool = False            # D sees each patch shifted and scaled to mean 0, std 1 (DEPARTURE: the raw D is blind to blur)
     # losses
     loss_kind: str = "ls"                  # relativistic form: "ls" or "bce"
     alpha: float = 0.005                   # BGAN adversarial weight
@@ -118,10 +120,12 @@ class TrainConfig(SettingsFile):
     perceptual_weight: float = 1.0
     content_weight: float = 1.0            # DBGAN's L_c; BGAN's low-pass content term when lowpass_sigma is set
     lowpass_sigma: Optional[float] = None  # BGAN: compare Gaussian-low-passed blur and sharp (sigma px); None: no content term (paper)
+    mode_seeking: float = 0.0              # BGAN: weight of the mode-seeking term (Mao et al. 2019; DEPARTURE); 0: none (paper)
     # optimisation
     batch: int = 4                         # global batch (split across processes)
     patch: int = 128
     lr: float = 1e-4
+    d_lr: Optional[float] = None           # discriminator learning rate (None: lr; two time scales otherwise)
     lr_min: float = 1e-7
     lr_schedule: str = "cosine"            # "cosine" | "step" | "constant"
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -222,8 +226,12 @@ def check_config(cfg: TrainConfig, kind: str) -> None:
     need(not (kind == "dbgan" and cfg.source == "real" and cfg.dead_leaves and not cfg.renders), "dead_leaves",
          "with source 'real' a dead-leaves scene has no bundled blurred twin: it is rendered, so set renders > 0")
     need(cfg.lowpass_sigma is None or cfg.lowpass_sigma > 0, "lowpass_sigma", "must be positive (or null: no BGAN content term)")
-    need(cfg.arch in ("rdb", "rrdb"), "arch", "must be 'rdb' (paper figure 2) or 'rrdb' (the released G.pth)")
-    need(kind == "dbgan" or cfg.arch == "rdb", "arch", "'rrdb' is the released DBGAN network; BGAN's generator is 'rdb'")
+    need(cfg.arch in ("rdb", "rrdb", "path"), "arch", "must be 'rdb' (paper figure 2), 'rrdb' (the released G.pth) or 'path' (BGAN)")
+    need(kind == "dbgan" or cfg.arch != "rrdb", "arch", "'rrdb' is the released DBGAN network; BGAN's generator is 'rdb' or 'path'")
+    need(kind == "bgan" or cfg.arch != "path", "arch", "'path' is a BGAN generator (camera-path blur); DBGAN's is 'rdb' or 'rrdb'")
+    need(cfg.d_lr is None or cfg.d_lr > 0, "d_lr", "must be positive (or null: lr)")
+    need(cfg.mode_seeking >= 0, "mode_seeking", "must be >= 0")
+    need(cfg.kernel_length in (None, "renderer"), "kernel_length", "must be null (30-100% of the kernel) or 'renderer'")
     need(cfg.checkpoint_minutes is None or cfg.checkpoint_minutes > 0, "checkpoint_minutes", "must be positive (or null)")
     need(cfg.dist_timeout_minutes > 0, "dist_timeout_minutes", "must be positive")
     need(cfg.compile in (None, "default", "reduce-overhead"), "compile", "must be null, 'default' or 'reduce-overhead'")
@@ -245,7 +253,7 @@ def default_data_root(cfg: TrainConfig) -> Path:
 SMALL_CONFIG = {
     "common": dict(n_blocks=2, nf=32, gc=16, d_nf=16, patch=64, batch=4, lr=1e-3, lr_min=1e-5, threads=1,
                    log_every=10, val_every=100, checkpoint_every=100, tensorboard=False),
-    "bgan": dict(iterations=600, perceptual_weights=None, lowpass_sigma=3.0, loss_kind="bce", d_init_std=0.1),
+    "bgan": dict(iterations=600, perceptual_weights=None, lowpass_sigma=3.0, loss_kind="bce", d_init_std=0.1, arch="path"),
     "dbgan": dict(iterations=1000, perceptual_weights=None, source="bgan", real_ratio=0.5),
 }
 

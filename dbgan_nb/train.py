@@ -9,6 +9,7 @@ import math
 import sys
 import time
 import warnings
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,12 +20,12 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from .blur import apply_kernel, trajectory_kernel
+from .blur import apply_kernel, renderer_path_length, trajectory_kernel
 from .data import (DeadLeaves, GoProRenders, PairedDataset, UnpairedDataset, dataset_extent, image_to_tensor,
                            quantize_8bit, tensor_to_image)
-from .losses import BGANLoss, DBGANLoss, PerceptualLoss
-from .metrics import psnr, ssim2d
-from .models import (BGANGenerator, DBGANGenerator, ReleaseGenerator, VGGDiscriminator, generator_checkpoint,
+from .losses import BGANLoss, DBGANLoss, PerceptualLoss, mode_seeking_loss
+from .metrics import psnr, roc_auc, ssim2d
+from .models import (BGANGenerator, DBGANGenerator, PathBlurGenerator, ReleaseGenerator, VGGDiscriminator, generator_checkpoint,
                              init_normal_, load_generator, native_bf16)
 from .runs import (TRAINING_FORMAT, CsvLog, DistInfo, StopSignals, TrainConfig, any_process, batch_plan,
                            broadcast_from_main, capture_rng_state, check_config, default_data_root, derive_seed, gather_batch,
@@ -34,11 +35,11 @@ from .utils import (EXIT_OK, EXIT_STOPPED, DEVICE_CHOICES, DiskFullError, add_de
                             command)
 
 # %% auto #0
-__all__ = ['DEAD_DISCRIMINATOR_STEPS', 'DEAD_DISCRIMINATOR_GAP', 'TRAINERS', 'autocast_for', 'use_bf16', 'NonFiniteLossError',
-           'check_finite', 'TrainHooks', 'gan_step', 'centre_crop', 'TrainerValidation', 'GANTrainer',
-           'initialise_from', 'trainer_state', 'restore_trainer', 'sharpness_gap_db', 'BGANTrainer', 'DBGANPairs',
-           'DBGANTrainer', 'DiscriminatorWatch', 'fit', 'as_config', 'run_training', 'train', 'train_bgan',
-           'train_dbgan', 'train_cli']
+__all__ = ['DEAD_DISCRIMINATOR_WINDOW', 'DEAD_DISCRIMINATOR_TOLERANCE', 'CHANCE_LOSS', 'TRAINERS', 'autocast_for', 'use_bf16',
+           'NonFiniteLossError', 'check_finite', 'TrainHooks', 'gan_step', 'centre_crop', 'TrainerValidation',
+           'GANTrainer', 'initialise_from', 'trainer_state', 'restore_trainer', 'sharpness_gap_db', 'BGANTrainer',
+           'DBGANPairs', 'DBGANTrainer', 'DiscriminatorWatch', 'fit', 'as_config', 'run_training', 'train',
+           'train_bgan', 'train_dbgan', 'train_cli']
 
 # %% ../nbs/06_train.ipynb #f66e8e0f
 def autocast_for(device: torch.device, enabled: bool):
@@ -155,18 +156,19 @@ class GANTrainer(TrainerValidation):
         self.amp = use_bf16(cfg, device)
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         torch.manual_seed(cfg.seed)  # the same initial weights in every process and on every resume
-        self.G = init_normal_(self.build_generator(), cfg.init_std)
+        self.G = self.build_generator()
+        if not getattr(self.G, "keeps_own_init", False): init_normal_(self.G, cfg.init_std)
         if cfg.init_from: initialise_from(self.G, cfg.init_from)
         self.G = self.G.to(device, memory_format=self.memory_format)
         d_std = cfg.init_std if cfg.d_init_std is None else cfg.d_init_std
-        self.D = init_normal_(VGGDiscriminator(patch=cfg.patch, nf=cfg.d_nf), d_std).to(device, memory_format=self.memory_format)
+        self.D = init_normal_(VGGDiscriminator(patch=cfg.patch, nf=cfg.d_nf, standardise=cfg.d_standardise), d_std).to(device, memory_format=self.memory_format)
         perceptual = None
         if cfg.perceptual_weights is not None and cfg.perceptual_weight != 0:
             try: perceptual = PerceptualLoss(layer=cfg.perceptual_layer, weights=cfg.perceptual_weights).to(device)
             except FileNotFoundError as e: raise FileNotFoundError(f"perceptual_weights={cfg.perceptual_weights!r}: {e}") from e
         self.loss = self.build_loss(perceptual)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=cfg.adam_betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.d_lr or cfg.lr, betas=cfg.adam_betas)  # the schedule scales it like lr
         self.sched_g, self.sched_d = make_scheduler(self.opt_g, cfg), make_scheduler(self.opt_d, cfg)
         self.streams: dict[str, int] = {}
         self.setup_data()
@@ -198,9 +200,9 @@ class GANTrainer(TrainerValidation):
         "This process's (dataset index, augmentation seed) pairs of `stream` for data step `index`."
         return batch_plan(self.cfg.seed, stream, index, self.cfg.batch, self.streams[stream])[self.local()]
 
-    def noise(self, index: int, n_dim: int) -> torch.Tensor:
-        "This process's rows of the global batch's noise vectors at data step `index`."
-        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, "noise", index))
+    def noise(self, index: int, n_dim: int, stream: str = "noise") -> torch.Tensor:
+        "This process's rows of the global batch's noise vectors at data step `index` (a second draw: another stream)."
+        g = torch.Generator().manual_seed(derive_seed(self.cfg.seed, stream, index))
         return torch.randn(self.cfg.batch, n_dim, generator=g)[self.local()]
 
     def wrap_for_processes(self) -> None:
@@ -267,11 +269,19 @@ def sharpness_gap_db(image: np.ndarray, reference: np.ndarray) -> float:
 class BGANTrainer(GANTrainer):
     "sharp + noise -> realistic blur; D on real blurred photos; L_BGAN."
     kind, default_blocks, best_metric, best_mode = "bgan", 9, "sharpness_gap_db", "min"
-    val_columns = ["step", "sharpness_gap_db", "input_sharpness_gap_db", "psnr_vs_blur", "ssim2d_vs_blur", "psnr_vs_sharp", "input_psnr"]
-    g_terms = ("total", "perceptual", "content", "adversarial")
+    val_columns = ["step", "sharpness_gap_db", "input_sharpness_gap_db", "psnr_vs_blur", "ssim2d_vs_blur", "psnr_vs_sharp",
+                   "input_psnr", "d_auc", "d_auc_sharp"]
+
+    @property
+    def g_terms(self) -> tuple[str, ...]:
+        return ("total", "perceptual", "content", "adversarial") + (("mode_seeking",) if self.cfg.mode_seeking else ())
 
     def build_generator(self) -> nn.Module:
-        return BGANGenerator(n_blocks=self.n_blocks(), nf=self.cfg.nf, gc=self.cfg.gc, noise_dim=self.cfg.noise_dim)
+        c = self.cfg
+        if c.mode_seeking and self.info.world > 1:  # two generator passes before one backward: not wired for DDP
+            raise ValueError("mode_seeking > 0 runs in one process only; set it to 0 under torchrun")
+        if c.arch == "path": return PathBlurGenerator(noise_dim=c.noise_dim, gamma=2.2 if c.blur_key == "blur_gamma" else 1.0)
+        return BGANGenerator(n_blocks=self.n_blocks(), nf=c.nf, gc=c.gc, noise_dim=c.noise_dim)
 
     def build_loss(self, perceptual: Optional[nn.Module]) -> nn.Module:
         c = self.cfg
@@ -293,10 +303,17 @@ class BGANTrainer(GANTrainer):
         real = torch.stack([self.real_blur.get(i, s)["image"] for i, s in self.plan("real_blur", index)])
         z = self.noise(index, self.cfg.noise_dim)
         sharp = self.to_device(sharp)
-        return {"g_args": (sharp, z.to(self.device)), "real": self.to_device(real), "sharp": sharp}
+        batch = {"g_args": (sharp, z.to(self.device)), "real": self.to_device(real), "sharp": sharp}
+        if self.cfg.mode_seeking: batch["z2"] = self.noise(index, self.cfg.noise_dim, "noise2").to(self.device)
+        return batch
 
     def generator_losses(self, batch: dict, fake: torch.Tensor, c_real: torch.Tensor, c_fake: torch.Tensor) -> dict:
-        return self.loss.generator(batch["sharp"], fake, c_real, c_fake)
+        terms = self.loss.generator(batch["sharp"], fake, c_real, c_fake)
+        if self.cfg.mode_seeking:  # a second noise draw for the same sharp patches
+            with autocast_for(self.device, self.amp): fake_2 = self.G_train(batch["sharp"], batch["z2"]).float()
+            terms["mode_seeking"] = mode_seeking_loss(fake, fake_2, batch["g_args"][1], batch["z2"])
+            terms["total"] = terms["total"] + self.cfg.mode_seeking * terms["mode_seeking"]
+        return terms
 
     def validation_row(self, index: int, item: dict) -> tuple:
         "Generated blur of a held-out sharp frame (fixed z per frame) against the real blurred frame."
@@ -305,6 +322,36 @@ class BGANTrainer(GANTrainer):
             fake = self.G(self.to_device(item["sharp"][None]), z.to(self.device))
         f, b, s = tensor_to_image(fake[0]), tensor_to_image(item["blur"]), tensor_to_image(item["sharp"])
         return abs(sharpness_gap_db(f, b)), abs(sharpness_gap_db(s, b)), psnr(f, b), ssim2d(f, b), psnr(f, s), psnr(s, b)
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        "The per-frame means, and the discriminator's held-out AUCs (`discriminator_auc`)."
+        return {**super().validate(), **self.discriminator_auc()}
+
+    @torch.no_grad()
+    def discriminator_auc(self) -> dict:
+        "ROC AUCs of D's scores (fp32, eval mode) on tiles of the held-out frames: real blur against G's blur (d_auc) and against the sharp frames (d_auc_sharp)."
+        scores = {"real": [], "fake": [], "sharp": []}
+        self.G.eval(); self.D.eval()
+        for index, item in enumerate(self.val_items()):
+            z = torch.randn(1, self.cfg.noise_dim, generator=torch.Generator().manual_seed(derive_seed(self.cfg.seed, "val", index)))
+            sharp = self.to_device(item["sharp"][None])
+            made = quantize_8bit(self.G(sharp, z.to(self.device)).float())
+            for name, image in (("real", self.to_device(item["blur"][None])), ("fake", made), ("sharp", sharp)):
+                scores[name].append(self.D(_tiles(image, self.cfg.patch)).float().cpu())
+        self.G.train(); self.D.train()
+        real, fake, sharp = (torch.cat(scores[k]).numpy() for k in ("real", "fake", "sharp"))
+        # d_auc near 0.5 alone is ambiguous; d_auc_sharp above 0.5 says D sees blur, so G's blur fools it
+        return {"d_auc": roc_auc(real, fake), "d_auc_sharp": roc_auc(real, sharp)}
+
+
+def _tiles(image: torch.Tensor, size: int) -> torch.Tensor:
+    "Non-overlapping size x size tiles of a (1, C, H, W) image, as a batch (the whole image when it is smaller)."
+    _, c, h, w = image.shape
+    if h < size or w < size: return image
+    rows, cols = h // size, w // size
+    x = image[..., :rows * size, :cols * size].reshape(c, rows, size, cols, size)
+    return x.permute(1, 3, 0, 2, 4).reshape(rows * cols, c, size, size).contiguous()
 
 # %% ../nbs/06_train.ipynb #d1959f80
 class DBGANPairs:
@@ -332,8 +379,8 @@ class DBGANPairs:
         self.bgan = None
         if c.source == "bgan" and self.real_share() < 1:
             self.bgan = load_generator(c.bgan_checkpoint).to(self.device)
-            if not isinstance(self.bgan, BGANGenerator):
-                raise ValueError(f"bgan_checkpoint {c.bgan_checkpoint} holds a {type(self.bgan).__name__}, not a BGANGenerator")
+            if not isinstance(self.bgan, (BGANGenerator, PathBlurGenerator)):
+                raise ValueError(f"bgan_checkpoint {c.bgan_checkpoint} holds a {type(self.bgan).__name__}, not a BGAN generator")
             self.bgan.requires_grad_(False)
 
     def is_real(self, index: int, j: int) -> bool:
@@ -354,8 +401,9 @@ class DBGANPairs:
 
     def kernel_blur(self, sharp: torch.Tensor, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         "(blur, sharp) patch pair from an enlarged sharp patch and a random trajectory kernel."
-        k = self.cfg.kernel_size
-        kernel = trajectory_kernel(k, np.random.default_rng(seed))
+        k, rng = self.cfg.kernel_size, np.random.default_rng(seed)
+        length = renderer_path_length(rng) if self.cfg.kernel_length == "renderer" else None
+        kernel = trajectory_kernel(k, rng, length)
         blur = apply_kernel(tensor_to_image(sharp), kernel)  # uint8 in, uint8 out: already 8-bit like a real photo
         blur = image_to_tensor(blur)
         m = (k - 1) // 2
@@ -417,24 +465,34 @@ class DBGANTrainer(DBGANPairs, GANTrainer):
         return psnr(r, s), ssim2d(r, s), psnr(b, s), ssim2d(b, s)
 
 # %% ../nbs/06_train.ipynb #6e44c4eb
-DEAD_DISCRIMINATOR_STEPS, DEAD_DISCRIMINATOR_GAP = 100, 1e-3
+DEAD_DISCRIMINATOR_WINDOW, DEAD_DISCRIMINATOR_TOLERANCE = 100, 0.02
+CHANCE_LOSS = {"bce": 2 * math.log(2), "ls": 2.0}  # relativistic D loss when every score is the same
 
 
 class DiscriminatorWatch:
-    "Warns once when D's mean real and fake scores stay within `gap` of each other for the first `steps` steps."
-    def __init__(self, steps: int = DEAD_DISCRIMINATOR_STEPS, gap: float = DEAD_DISCRIMINATOR_GAP):
-        self.steps, self.gap, self.largest, self.warned = steps, gap, 0.0, False
+    "Warns when D's loss, averaged over a sliding window of steps, sits at chance: at the start or at any later point of the run."
+    def __init__(self, kind: str = "bce", window: int = DEAD_DISCRIMINATOR_WINDOW, tolerance: float = DEAD_DISCRIMINATOR_TOLERANCE):
+        self.chance, self.window, self.tolerance = CHANCE_LOSS[kind], window, tolerance
+        self.losses: deque = deque(maxlen=window)
+        self.at_chance, self.warnings = False, 0
 
     def update(self, row: dict) -> None:
-        "Record one logged row (steps without discriminator scores are ignored)."
-        if self.warned or "d_real" not in row or row["step"] > self.steps: return
-        self.largest = max(self.largest, abs(row["d_real"] - row["d_fake"]))
-        if row["step"] == self.steps and self.largest < self.gap:
-            self.warned = True
-            warnings.warn(f"the discriminator's real and fake scores have stayed within {self.gap:g} of each other for "
-                          f"{self.steps} steps (largest gap {self.largest:.2g}): it is not learning yet, so the adversarial "
-                          "term is constant. The paper's N(0, 0.01) initialisation does this; d_init_std=0.1 starts it alive.",
-                          RuntimeWarning, stacklevel=2)
+        "Record one step's row (steps without a discriminator loss are ignored)."
+        if "d_total" not in row: return
+        self.losses.append(row["d_total"])
+        if len(self.losses) < self.window: return
+        mean = sum(self.losses) / self.window
+        at_chance = abs(mean - self.chance) <= self.tolerance * self.chance
+        if at_chance and not self.at_chance:  # once per stretch at chance; it warns again after D has left it
+            self.warnings += 1
+            start = row["step"] - self.window + 1
+            warnings.warn(f"steps {start}-{row['step']}: the discriminator's loss averages {mean:.4f}, within "
+                          f"{self.tolerance:.0%} of chance ({self.chance:.4f}): it is not learning, or the generator fools it. "
+                          "BGAN's val.csv tells which: d_auc (held-out real against generated blur) near 0.5 with d_auc_sharp (real "
+                          "blur against the sharp frames) above it: fooled; both near 0.5: blind. The paper's N(0, 0.01) "
+                          "initialisation starts D dead (d_init_std=0.1 starts it alive); chapter Blur realism compares what helps "
+                          "BGAN's game.", RuntimeWarning, stacklevel=2)
+        self.at_chance = at_chance
 
 # %% ../nbs/06_train.ipynb #d5b9dee1
 def _open_tensorboard(cfg: TrainConfig, out: Path, start: int):
@@ -493,7 +551,7 @@ def fit(trainer: GANTrainer, stop: StopSignals, resumed: bool, progress: bool = 
             write_checkpoint("best.pt")
 
     if not resumed: on_main(lambda: validate(0))
-    saved_at, watch = time.monotonic(), DiscriminatorWatch()
+    saved_at, watch = time.monotonic(), DiscriminatorWatch(cfg.loss_kind)
     bar = tqdm(total=cfg.iterations, initial=start, desc=kind, disable=not (main and progress), dynamic_ncols=True, mininterval=1.0)
     try:
         for step in range(start + 1, cfg.iterations + 1):

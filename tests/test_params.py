@@ -31,3 +31,4 @@ def test_quick_mode_derives_from_the_small_configuration():
     assert (quick["bgan_iterations"], quick["bgan_loss_kind"], quick["bgan_lowpass_sigma"], quick["d_init_std"]) == \
         (bgan["iterations"], bgan["loss_kind"], bgan["lowpass_sigma"], bgan["d_init_std"])
     assert quick["bgan_perceptual_weights"] == bgan["perceptual_weights"] is None
+    assert quick["bgan_arch"] == bgan["arch"] == "path" and quick["bgan_d_standardise"] is False and "d_standardise" not in bgan

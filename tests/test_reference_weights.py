@@ -11,6 +11,7 @@ import torch
 from dbgan_nb.data import build_default_dataset, find_gopro_pairs
 from dbgan_nb.inference import deblur_cli
 from dbgan_nb.metrics import eval_cli
+from dbgan_nb.models import load_generator
 from dbgan_nb.reproduce import load_reference_weights
 from dbgan_nb.utils import sha256_file
 
@@ -26,7 +27,8 @@ def data(tmp_path_factory) -> Path:
 
 def test_weights_load_with_checked_hashes_and_fit_the_budget():
     shipped = load_reference_weights(WEIGHTS)  # every generator's SHA-256 checked against the manifest
-    assert shipped is not None and sorted(shipped["dbgan"]) == ["bgan", "kernel", "leaves", "real", "renders"] and shipped["bgan"] is not None
+    assert shipped is not None and sorted(shipped["dbgan"]) == ["bgan_rdb", "kernel", "leaves", "real", "renders"]
+    assert type(shipped["bgan"]).__name__ == "PathBlurGenerator"  # issue 18: the camera-path BGAN; the paper's is bgan_rdb
     manifest = json.loads((WEIGHTS / "manifest.json").read_text())
     for name, digest in manifest["files"].items():
         assert sha256_file(WEIGHTS / name) == digest, name
@@ -47,7 +49,8 @@ def test_dbgan_deblur_reproduces_the_table(data, tmp_path, capsys):
     reference = table[table.method.str.startswith("reference scale")]
     best = reference.loc[reference.psnr.idxmax()]
     # the oracles first: their names say real too, and the one with dead leaves says renders too
-    source = {"dead-leaves": "leaves", "renders": "renders", "BGAN": "bgan", "kernel": "kernel", "real": "real"}
+    source = {"dead-leaves": "leaves", "renders": "renders", "historical": "bgan_rdb", "BGAN": "bgan", "lengths": "kernel_matched",
+              "kernel": "kernel", "real": "real"}
     name = next(v for k, v in source.items() if k in best.method)
     out, digest = tmp_path / "restored", json.loads((WEIGHTS / "manifest.json").read_text())["files"][f"dbgan_{name}.pt"]
     for pair in find_gopro_pairs(data, "test"):
@@ -58,3 +61,15 @@ def test_dbgan_deblur_reproduces_the_table(data, tmp_path, capsys):
     line = capsys.readouterr().out
     psnr = float(line.split("| PSNR ")[1].split(" dB")[0])
     assert abs(psnr - best.psnr) <= 0.01, (line, best.psnr)  # the summary prints 2 decimals; thread counts may move the 4th
+
+
+def test_reference_bgan_makes_directional_blur_and_uses_its_noise(data):
+    "Issue 18's bar, on photos BGAN never trained on: anisotropy >= 1.45, z spread >= a third of the renderer's path spread."
+    from dbgan_nb.realism import blur_character, renderer_character
+    from dbgan_nb.data import read_image
+    sharp = [read_image(p.sharp) for p in find_gopro_pairs(data, "test")]
+    shipped = load_reference_weights(WEIGHTS)
+    made, renderer = blur_character(shipped["bgan"], sharp, seed=0), renderer_character(sharp, seed=2)
+    assert made["anisotropy"] >= 1.45 and made["z_spread"] >= renderer["path_spread"] / 3, (made, renderer)
+    historical = blur_character(load_generator(WEIGHTS / "bgan_rdb.pt"), sharp, seed=0)  # the paper's recipe failed both
+    assert historical["anisotropy"] < 1.45 and historical["z_spread"] < renderer["path_spread"] / 3, historical

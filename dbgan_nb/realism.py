@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .blur import SUBFRAME_CHOICES, apply_kernel, gopro_margin, synthesize_gopro_blur, trajectory_kernel
+from .blur import DEFAULT_EXTENT, SUBFRAME_CHOICES, apply_kernel, gopro_margin, synthesize_gopro_blur, trajectory_kernel
 from .data import image_to_tensor, tensor_to_image
 from .models import load_generator, standardise_patches
 from .utils import pick_device
@@ -204,12 +204,12 @@ def _inner(image: np.ndarray, margin: int) -> np.ndarray:
 @torch.no_grad()
 def blur_character(bgan: nn.Module, sharp: Sequence[np.ndarray], seed: int = 0, device: str | torch.device = "cpu") -> dict:
     "A BGAN's mean anisotropy and z spread (grey levels between two noise draws) over frames, inside the renderer's margin."
-    m, (first, second) = gopro_margin(12.0), (bgan_blur_frames(bgan, sharp, seed + k, device) for k in (0, 1))
+    m, (first, second) = gopro_margin(DEFAULT_EXTENT), (bgan_blur_frames(bgan, sharp, seed + k, device) for k in (0, 1))
     return {"anisotropy": float(np.mean([anisotropy(_inner(b, m), _inner(s, m)) for b, s in zip(first, sharp)])),
             "z_spread": float(np.mean([np.abs(_inner(a, m).astype(float) - _inner(b, m)).mean() for a, b in zip(first, second)]))}
 
 
-def renderer_character(sharp: Sequence[np.ndarray], seed: int = 0, extent: float = 12.0) -> dict:
+def renderer_character(sharp: Sequence[np.ndarray], seed: int = 0, extent: float = DEFAULT_EXTENT) -> dict:
     "The GoPro protocol's mean anisotropy and path spread (grey levels between two camera paths) over frames."
     first, second = gopro_resample_frames(sharp, seed, extent), gopro_resample_frames(sharp, seed + 1, extent)
     m = gopro_margin(extent)

@@ -41,9 +41,9 @@ from .utils import (DEVICE_CHOICES, EXIT_FAILED, EXIT_OK, EXIT_STOPPED, EXIT_USA
 
 # %% auto #0
 __all__ = ['MPRNET_TABLE', 'PUBLISHED_GOPRO', 'PUBLISHED_OTHER', 'TABLE_COLUMNS', 'FOREIGN_COLUMN', 'BLURRED_METHOD',
-           'TABLE_DIGITS', 'REFERENCE_FORMAT', 'NOTEBOOK_NAME', 'ORACLES', 'find_repo_root', 'resolve_under',
-           'evaluate_model', 'foreign_gains', 'published_label', 'table_row', 'build_table', 'table_markdown',
-           'write_gopro_table', 'save_figure', 'detailed_crop', 'qualitative_figure', 'bgan_samples',
+           'TABLE_DIGITS', 'REFERENCE_FORMAT', 'REFERENCE_SCORES', 'NOTEBOOK_NAME', 'ORACLES', 'find_repo_root',
+           'resolve_under', 'evaluate_model', 'foreign_gains', 'published_label', 'table_row', 'build_table',
+           'table_markdown', 'write_gopro_table', 'save_figure', 'detailed_crop', 'qualitative_figure', 'bgan_samples',
            'bgan_samples_figure', 'training_curves_figure', 'gain_curves_figure', 'transfer_figure',
            'discriminator_traces_figure', 'point_grid', 'synthesiser_figure', 'claim_verdict', 'load_seed_study',
            'export_reference_weights', 'load_reference_weights', 'notebook_parameters', 'check_parameter_keys',
@@ -340,6 +340,7 @@ def load_seed_study(path: str | os.PathLike) -> dict[str, list[float]] | None:
 
 # %% ../nbs/10_reproduce_gopro.ipynb #dea9a567
 REFERENCE_FORMAT = "dbgan-nb/reference-weights"
+REFERENCE_SCORES = "scores.json"  # what the weights scored, keyed by their SHA-256 and the data's (utils.memoised)
 
 
 def export_reference_weights(runs: dict[str, Path], dest: str | os.PathLike, data_path: Path, description: str,
@@ -367,7 +368,7 @@ def export_reference_weights(runs: dict[str, Path], dest: str | os.PathLike, dat
                                   device="cpu" if not torch.cuda.is_available() else torch.cuda.get_device_name(0)),
                     dataset=dict(manifest_sha256=sha256_file(data_manifest) if data_manifest.is_file() else None),
                     runs=entries, files={p.relative_to(dest).as_posix(): sha256_file(p) for p in sorted(dest.rglob("*"))
-                                         if p.is_file() and p.name != "manifest.json"})
+                                         if p.is_file() and p.name not in ("manifest.json", REFERENCE_SCORES)})
     return write_text_atomic(dest / "manifest.json", json.dumps(manifest, indent=1) + "\n")
 
 

@@ -1,6 +1,7 @@
 """The committed reference-scale weights: they load with their SHA-256s checked, the bundled dataset they were trained on
 is byte-identical to the one a fresh clone builds, and dbgan-deblur + dbgan-eval on the test split's blurred frames
-reproduce the number the committed table prints for them."""
+reproduce the number the committed table prints for them, and the scores stored beside them (which `make reproduce`
+reads instead of scoring the weights again) are current and agree."""
 import json
 from pathlib import Path
 
@@ -61,6 +62,20 @@ def test_dbgan_deblur_reproduces_the_table(data, tmp_path, capsys):
     line = capsys.readouterr().out
     psnr = float(line.split("| PSNR ")[1].split(" dB")[0])
     assert abs(psnr - best.psnr) <= 0.01, (line, best.psnr)  # the summary prints 2 decimals; thread counts may move the 4th
+    stored = json.loads((WEIGHTS / "scores.json").read_text())[f"test split: dbgan_{name}"]["value"]
+    assert abs(sum(stored["psnr"]) / len(stored["psnr"]) - psnr) <= 0.01, (stored["psnr"], psnr)  # what make reproduce reads
+
+
+def test_stored_scores_are_current(data):
+    "scores.json holds each reference row's test-split scores and foreign-blur gains, and each BGAN's realism row, under the current SHA-256s."
+    store, manifest = json.loads((WEIGHTS / "scores.json").read_text()), json.loads((WEIGHTS / "manifest.json").read_text())
+    assert "scores.json" not in manifest["files"]  # derived from the hashed files, so not one of them
+    for name, run in manifest["runs"].items():
+        for kind in ("test split", "foreign blur") if name.startswith("dbgan_") else ("realism",):
+            key = store[f"{kind}: {name}"]["key"]
+            assert (key["weights"], key["data"]) == (manifest["files"][run["file"]], sha256_file(data / "manifest.json")), (kind, name)
+        if name.startswith("dbgan_"):
+            assert len(store[f"test split: {name}"]["value"]["psnr"]) == len(find_gopro_pairs(data, "test")), name
 
 
 def test_reference_bgan_makes_directional_blur_and_uses_its_noise(data):

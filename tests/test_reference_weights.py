@@ -28,7 +28,7 @@ def data(tmp_path_factory) -> Path:
 
 def test_weights_load_with_checked_hashes_and_fit_the_budget():
     shipped = load_reference_weights(WEIGHTS)  # every generator's SHA-256 checked against the manifest
-    assert shipped is not None and sorted(shipped["dbgan"]) == ["bgan_rdb", "kernel", "leaves", "real", "renders"]
+    assert shipped is not None and sorted(shipped["dbgan"]) == ["bgan", "bgan_rdb", "kernel", "kernel_matched", "leaves", "real", "renders"]
     assert type(shipped["bgan"]).__name__ == "PathBlurGenerator"  # issue 18: the camera-path BGAN; the paper's is bgan_rdb
     manifest = json.loads((WEIGHTS / "manifest.json").read_text())
     for name, digest in manifest["files"].items():

@@ -319,7 +319,7 @@ def synthesiser_figure(seed: int = 0, kernel_size: int = 31, n_kernels: int = 4)
 # %% ../nbs/10_reproduce_gopro.ipynb #84db5145
 def claim_verdict(label: str, bgan: Sequence[float], kernel: Sequence[float], bgan_frames: np.ndarray | None = None,
                   kernel_frames: np.ndarray | None = None, against: str = "kernel-trained DBGAN") -> str:
-    "One sentence: does BGAN-trained DBGAN beat kernel-trained DBGAN, by how much, with what spread (seeds, frames)?"
+    "One sentence: does BGAN-trained DBGAN beat `against` (kernel-trained DBGAN), by how much, with what spread (seeds, frames)?"
     b, k = np.asarray(bgan, float), np.asarray(kernel, float)
     if len(b) != len(k) or len(b) == 0: raise ValueError(f"need the same number of runs of each, got {len(b)} and {len(k)}")
     difference = b - k

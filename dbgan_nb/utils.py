@@ -200,7 +200,7 @@ def store_result(path: str | os.PathLike | None, name: str, key: Mapping, value:
 
 
 def memoised(path: str | os.PathLike | None, name: str, key: Mapping, compute: Callable[[], object], refresh: bool = False) -> object:
-    "compute(), unless the store at `path` holds its value for the same `key` (refresh: compute anyway); a new value is stored."
+    "compute(), unless the store at `path` holds its value for the same `key` (refresh: compute anyway; a stored None counts as absent); a new value is stored."
     hit = None if refresh else cached_result(path, name, key)
     return hit if hit is not None else store_result(path, name, key, compute())
 

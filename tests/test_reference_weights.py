@@ -13,7 +13,7 @@ from dbgan_nb.data import build_default_dataset, find_gopro_pairs
 from dbgan_nb.inference import deblur_cli
 from dbgan_nb.metrics import eval_cli
 from dbgan_nb.models import load_generator
-from dbgan_nb.reproduce import load_reference_weights
+from dbgan_nb.reproduce import REFERENCE_SCORES, load_reference_weights
 from dbgan_nb.utils import sha256_file
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,14 +62,14 @@ def test_dbgan_deblur_reproduces_the_table(data, tmp_path, capsys):
     line = capsys.readouterr().out
     psnr = float(line.split("| PSNR ")[1].split(" dB")[0])
     assert abs(psnr - best.psnr) <= 0.01, (line, best.psnr)  # the summary prints 2 decimals; thread counts may move the 4th
-    stored = json.loads((WEIGHTS / "scores.json").read_text())[f"test split: dbgan_{name}"]["value"]
+    stored = json.loads((WEIGHTS / REFERENCE_SCORES).read_text())[f"test split: dbgan_{name}"]["value"]
     assert abs(sum(stored["psnr"]) / len(stored["psnr"]) - psnr) <= 0.01, (stored["psnr"], psnr)  # what make reproduce reads
 
 
 def test_stored_scores_are_current(data):
     "scores.json holds each reference row's test-split scores and foreign-blur gains, and each BGAN's realism row, under the current SHA-256s."
-    store, manifest = json.loads((WEIGHTS / "scores.json").read_text()), json.loads((WEIGHTS / "manifest.json").read_text())
-    assert "scores.json" not in manifest["files"]  # derived from the hashed files, so not one of them
+    store, manifest = json.loads((WEIGHTS / REFERENCE_SCORES).read_text()), json.loads((WEIGHTS / "manifest.json").read_text())
+    assert REFERENCE_SCORES not in manifest["files"]  # derived from the hashed files, so not one of them
     for name, run in manifest["runs"].items():
         for kind in ("test split", "foreign blur") if name.startswith("dbgan_") else ("realism",):
             key = store[f"{kind}: {name}"]["key"]
